@@ -1,0 +1,121 @@
+"""The `petbreeds` command, end to end in real processes: `train` in the offline profile (one process, and two
+data-parallel processes under torchrun with gloo), `evaluate`, `predict` with a bad file, and one-line errors
+with exit code 2 for bad options."""
+import json, os, shutil, sys
+from pathlib import Path
+import pytest
+from conftest import ROOT, SAMPLE, offline_env, run
+
+PETBREEDS = [sys.executable, '-m', 'petbreeds.cli']
+# tiny settings: 6 synthetic images per breed, one frozen and one unfrozen epoch, one thread per process
+TINY = ['--profile', 'offline', '--per-breed', '6', '--epochs', '1', '--freeze-epochs', '1', '--threads', '1']
+
+def _error_rate(out):
+    return float(next(l for l in out.splitlines() if l.startswith('error rate:')).split()[2])
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "One single-process offline training run: (CompletedProcess, output folder)."
+    out = tmp_path_factory.mktemp('run')/'single'
+    r = run([shutil.which('petbreeds') or 'petbreeds', 'train', *TINY, '--out', str(out)])
+    assert r.returncode==0, r.out[-4000:]
+    return r, out
+
+@pytest.fixture(scope='module')
+def synth():
+    from petbreeds.synthetic import make_synthetic_pets
+    return make_synthetic_pets(per_breed=12)
+
+def test_train_offline(trained):
+    r, out = trained
+    assert 'offline: asked for — using synthetic pets (6 per breed) and EfficientNet-Lite0' in r.stdout
+    assert '222 images' in r.stdout and 'per-breed:1' in r.stdout
+    assert 'epoch' in r.stdout and 'error_rate' in r.stdout          # fastai's results table
+    for s in ('most confused:', 'per epoch', 'wrote'): assert s in r.stdout
+    res = json.loads((out/'results.json').read_text())
+    for k in ('profile', 'arch', 'data', 'n_images', 'epochs', 'error_rate', 'seconds', 'args'): assert k in res
+    assert (res['profile'], res['arch'], res['data'], res['n_images'], res['n_valid']) == ('offline', 'efficientnet_lite0', 'synthetic', 222, 37)
+    assert abs(res['error_rate'] - _error_rate(r.stdout)) < 1e-4
+    assert len(res['seconds_per_epoch']) == 2
+    assert (out/'model.pkl').stat().st_size > 1_000_000
+
+def test_train_distributed_gloo(trained, tmp_path):
+    "Two CPU processes under torchrun: both train, only rank 0 writes, the error rate is in line with one process."
+    r1, _ = trained
+    out = tmp_path/'ddp'
+    r = run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+             '-m', 'petbreeds.cli', 'train', *TINY, '--out', str(out)], timeout=900)
+    assert r.returncode==0, r.out[-4000:]
+    assert '2 processes' in r.stdout and '(16 per process)' in r.stdout
+    assert r.stdout.count('wrote ') == 1                      # only rank 0 writes
+    assert r.stdout.count('offline: asked for') == 1          # and announces the profile
+    err0 = _error_rate(r.stdout)
+    rank1 = [l for l in r.stdout.splitlines() if l.startswith('rank 1/2: error rate')]
+    assert len(rank1) == 1, r.stdout[-3000:]                  # rank 1 trained too
+    assert abs(float(rank1[0].split()[-1]) - err0) < 1e-6     # metrics are gathered: both ranks agree
+    res = json.loads((out/'results.json').read_text())
+    assert res['processes'] == 2 and (out/'model.pkl').exists()
+    assert sorted(p.name for p in out.iterdir()) == ['model.pkl', 'results.json']
+    assert abs(err0 - _error_rate(r1.stdout)) <= 0.15, (err0, _error_rate(r1.stdout))
+    assert 'Traceback' not in r.out
+
+def test_evaluate(trained, synth, tmp_path):
+    _, model = trained
+    d = tmp_path/'imgs'; d.mkdir()
+    for f in sorted(synth.glob('*_1.jpg')): shutil.copy(f, d)
+    (d/'notes.txt').write_text('not an image')
+    r = run(PETBREEDS + ['evaluate', str(model/'model.pkl'), str(d), '--json', str(tmp_path/'ev.json')])
+    assert r.returncode==0, r.out[-3000:]
+    assert 'Skipped 1 of 38 files' in r.out and 'notes.txt (not an image file)' in r.out
+    assert 'error rate:' in r.stdout and 'per-breed accuracy:' in r.stdout and 'most confused:' in r.stdout
+    ev = json.loads((tmp_path/'ev.json').read_text())
+    assert ev['n_images'] == 37 and len(ev['per_breed']) == 37
+    assert abs(ev['error_rate'] - ev['n_wrong']/37) < 1e-6
+
+def test_predict_with_a_bad_file(trained, synth, tmp_path):
+    _, model = trained
+    bad = tmp_path/'broken.jpg'; bad.write_bytes(b'\xff\xd8\xff\xe0 truncated')
+    r = run(PETBREEDS + ['predict', str(model), str(synth/'pug_2.jpg'), str(bad), str(synth/'Birman_2.jpg'), '--top-k', '2'])
+    assert r.returncode == 1, r.out[-3000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'petbreeds predict: {bad}: '), r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.endswith(tuple('0123456789'))]
+    assert [l.split(':')[0] for l in lines] == [str(synth/'pug_2.jpg'), str(synth/'Birman_2.jpg')]
+    assert all(len(l.split(', ')) == 2 for l in lines)
+
+BAD = [(['train', '--epochs', '-3'], 'petbreeds train: error: argument --epochs: epochs must be at least 0, not -3'),
+       (['train', '--recipe', 'manual', '--lr-max', '1e-3:1e-6'], 'petbreeds train: error: argument --lr-max: the range 1e-3:1e-6 is written backwards'),
+       (['train', '--arch', 'alexnet'], "petbreeds train: error: argument --arch: invalid choice: 'alexnet'"),
+       (['train', '--data', '/no/such/folder'], "petbreeds train: error: Data folder '/no/such/folder' does not exist"),
+       (['predict', '/no/model.pkl', 'x.jpg'], "petbreeds predict: error: model file '/no/model.pkl' does not exist"),
+       (['evaluate', '/no/model.pkl', '/tmp'], "petbreeds evaluate: error: model file '/no/model.pkl' does not exist"),
+       (['fly'], "petbreeds: error: argument COMMAND: invalid choice: 'fly'")]
+
+@pytest.mark.parametrize('argv,msg', BAD, ids=[' '.join(a) for a,_ in BAD])
+def test_bad_options(argv, msg, capsys, monkeypatch):
+    "In process: one line on stderr, exit code 2, no traceback."
+    monkeypatch.setenv('PETBREEDS_PROFILE', 'offline')
+    from petbreeds.cli import main
+    with pytest.raises(SystemExit) as e: main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count('\n') == 1 and err.startswith(msg), err
+
+def test_bad_data_and_profile_errors(trained, tmp_path, capsys, monkeypatch):
+    from petbreeds.cli import main
+    _, model = trained
+    (tmp_path/'readme.txt').write_text('no pets here')
+    monkeypatch.setenv('PETBREEDS_PROFILE', 'offline')
+    with pytest.raises(SystemExit) as e: main(['evaluate', str(model), str(tmp_path)])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith(f"petbreeds evaluate: error: No usable images in '{tmp_path}'")
+    monkeypatch.setenv('PETBREEDS_PROFILE', 'fastest')
+    with pytest.raises(SystemExit) as e: main(['train'])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("petbreeds train: error: Unknown profile 'fastest'")
+
+def test_console_script_one_line_error():
+    "The installed `petbreeds` script: a bad option is one line on stderr and exit code 2, in a real process."
+    exe = shutil.which('petbreeds')
+    if exe is None: pytest.skip('petbreeds is not installed as a console script (pip install -e .)')
+    r = run([exe, 'train', '--lr-max', '1e-3:1e-6', '--recipe', 'manual'])
+    assert r.returncode == 2
+    assert r.stderr.strip().count('\n') == 0 and 'written backwards' in r.stderr and 'Traceback' not in r.out

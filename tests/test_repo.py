@@ -1,0 +1,88 @@
+"The repository is consistent: library and notebooks in sync, notebooks clean, README from index, docs processable."
+import json, re, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+from conftest import ROOT, SAMPLE, run
+
+def _tracked():
+    out = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (ROOT/f).is_file()]
+
+@pytest.fixture(scope='module')
+def copy(tmp_path_factory):
+    "A copy of the working tree (what git would commit), to run nbdev's tools on without touching ours."
+    dst = tmp_path_factory.mktemp('repo')/'petbreeds'
+    for f in _tracked():
+        (dst/f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT/f, dst/f)
+    return dst
+
+def _changed(copy):
+    return [f for f in _tracked() if (copy/f).exists() and (copy/f).read_bytes()!=(ROOT/f).read_bytes()]
+
+def test_export_changes_nothing(copy):
+    r = run(['nbdev_export'], cwd=copy)
+    assert r.returncode==0, r.out
+    assert not _changed(copy), f'nbdev_export changes {_changed(copy)}: run nbdev_export and commit'
+
+def test_notebooks_are_clean(copy):
+    r = run(['nbdev_clean'], cwd=copy)
+    assert r.returncode==0, r.out
+    assert not _changed(copy), f'nbdev_clean changes {_changed(copy)}: run nbdev_clean (or install the hooks) and commit'
+
+def test_readme_matches_index():
+    r = run([sys.executable, '.ci/readme.py', '--check'])
+    assert r.returncode==0, r.out
+
+def test_import_has_no_side_effects(tmp_path):
+    mods = sorted(p.stem for p in (ROOT/'petbreeds').glob('[a-z]*.py'))
+    r = run([sys.executable, '-W', 'ignore', '-c', ';'.join(f'import petbreeds.{m}' for m in mods)], cwd=tmp_path)
+    assert r.returncode==0, r.out
+    assert r.stdout=='', r.stdout
+    assert list(tmp_path.iterdir())==[]
+
+def test_real_photos_never_committed():
+    if not SAMPLE.is_dir(): pytest.skip(f'no sample at {SAMPLE}')
+    names = {p.name for p in SAMPLE.iterdir()}
+    tracked = _tracked()
+    assert not [f for f in tracked if Path(f).name in names]
+    for nb in (ROOT/'nbs').glob('*.ipynb'):
+        outputs = json.dumps([c.get('outputs', []) for c in json.loads(nb.read_text())['cells']])
+        assert 'oxford-pets-sample' not in outputs, f'{nb.name} has outputs from the real-photo test sample'
+
+def _page_text(nb):
+    "The text a reader sees: cell sources and every text-like output."
+    out = []
+    for c in nb['cells']:
+        out.append(''.join(c['source']))
+        for o in c.get('outputs', []):
+            out.append(''.join(o.get('text', '')))
+            for v in o.get('data', {}).values(): out.append(''.join(v) if isinstance(v, list) else str(v))
+    return '\n'.join(out)
+
+def test_docs_pages_render(copy):
+    "What Quarto would render: nbdev's processed notebooks have their titles and every exported symbol's docs."
+    r = run([sys.executable, '-c', 'from nbdev.serve import proc_nbs; proc_nbs()'], cwd=copy, timeout=1500)
+    assert r.returncode==0, r.out[-4000:]
+    proc = copy/'_proc'
+    nbs = {p.stem: json.loads(p.read_text()) for p in proc.glob('*.ipynb')}
+    assert set(nbs)=={p.stem for p in (ROOT/'nbs').glob('*.ipynb')}
+    pages = {name: _page_text(nb) for name, nb in nbs.items()}
+    for name, nb in nbs.items():
+        front = ''.join(nb['cells'][0]['source'])
+        assert re.search(r'^title: .+', front, re.M), f'{name}: no title in {front[:200]!r}'
+    sys.path.insert(0, str(ROOT))
+    from petbreeds._modidx import d
+    for mod, syms in d['syms'].items():
+        for sym, (url, _) in syms.items():
+            nbname = url.split('#')[0].split('/')[-1].replace('.html', '')
+            short = sym[len(mod)+1:]
+            if short.startswith('_') or '.' in short: continue   # top-level functions and classes get a docs entry
+            assert re.search(rf'#{{3,4}} {re.escape(short)}\b', pages[nbname]), f'{sym}: no rendered signature in {nbname}'
+            doc = (getattr(__import__(mod, fromlist=[short]), short).__doc__ or '').strip().splitlines()
+            if doc: assert doc[0][:40] in pages[nbname], f'{sym}: docstring not rendered in {nbname}'
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT/'.ci'/'run').read_text().strip().splitlines()[-1]
+    assert ci=='python -m pytest tests'
+    assert f'\n{ci}\n' in (ROOT/'README.md').read_text()
