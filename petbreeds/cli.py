@@ -12,7 +12,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import replace, asdict
 from datetime import datetime
 from pathlib import Path
-from fastcore.imports import IN_NOTEBOOK
 from fastai.vision.all import *
 from fastai.distributed import DistributedDL, rank0_first, teardown_distrib
 from PIL import Image
@@ -262,6 +261,8 @@ def train(args:argparse.Namespace)->int:
     "`petbreeds train`: fine-tune a pretrained network, report the results, save `results.json` and `model.pkl` in `--out`."
     start = time.perf_counter()
     rank, world = rank_distrib(), max(num_distrib(), 1)
+    # processes under torchrun share one terminal or pipe: whole lines, written as they come, keep their output readable
+    if world>1 and hasattr(sys.stdout, 'reconfigure'): sys.stdout.reconfigure(line_buffering=True)
     if args.threads: torch.set_num_threads(args.threads)
     p = train_profile(args, verbose=rank==0)
     if p.epochs + p.freeze_epochs == 0: raise CliError("--epochs and --freeze-epochs are both 0: nothing to train")
@@ -535,4 +536,5 @@ def main(argv:list|None=None)->int:
         raise SystemExit(130)
 
 # %% ../nbs/11_cli.ipynb #d1cee0bd
-if __name__ == '__main__' and not IN_NOTEBOOK: sys.exit(main())
+# `python -m petbreeds.cli` (and `torchrun -m petbreeds.cli`); a notebook, nbdev's test and docs kernels have no `__file__`
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

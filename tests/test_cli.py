@@ -1,7 +1,7 @@
 """The `petbreeds` command, end to end in real processes: `train` in the offline profile (one process, and two
 data-parallel processes under torchrun with gloo), `evaluate`, `predict` with a bad file, and one-line errors
 with exit code 2 for bad options."""
-import json, os, shutil, sys
+import json, os, re, shutil, sys
 from pathlib import Path
 import pytest
 from conftest import ROOT, SAMPLE, offline_env, run
@@ -10,8 +10,12 @@ PETBREEDS = [sys.executable, '-m', 'petbreeds.cli']
 # tiny settings: 6 synthetic images per breed, one frozen and one unfrozen epoch, one thread per process
 TINY = ['--profile', 'offline', '--per-breed', '6', '--epochs', '1', '--freeze-epochs', '1', '--threads', '1']
 
-def _error_rate(out):
-    return float(next(l for l in out.splitlines() if l.startswith('error rate:')).split()[2])
+def _error_rate(out, rank=None):
+    "The error rate a run printed (`rank`: the line of that process). Regex, not lines: under torchrun two processes share one pipe."
+    pat = r'^error rate: ([0-9.]+)' if rank is None else rf'rank {rank}/\d+: error rate ([0-9.]+)'
+    m = re.search(pat, out, re.M)
+    assert m, out[-3000:]
+    return float(m.group(1))
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
@@ -50,9 +54,8 @@ def test_train_distributed_gloo(trained, tmp_path):
     assert r.stdout.count('wrote ') == 1                      # only rank 0 writes
     assert r.stdout.count('offline: asked for') == 1          # and announces the profile
     err0 = _error_rate(r.stdout)
-    rank1 = [l for l in r.stdout.splitlines() if l.startswith('rank 1/2: error rate')]
-    assert len(rank1) == 1, r.stdout[-3000:]                  # rank 1 trained too
-    assert abs(float(rank1[0].split()[-1]) - err0) < 1e-6     # metrics are gathered: both ranks agree
+    assert r.stdout.count('rank 1/2: error rate') == 1, r.stdout[-3000:]   # rank 1 trained too
+    assert abs(_error_rate(r.stdout, rank=1) - err0) < 1e-6    # metrics are gathered: both ranks agree
     res = json.loads((out/'results.json').read_text())
     assert res['processes'] == 2 and (out/'model.pkl').exists()
     assert sorted(p.name for p in out.iterdir()) == ['model.pkl', 'results.json']

@@ -1,5 +1,5 @@
 "The repository is consistent: library and notebooks in sync, notebooks clean, README from index, docs processable."
-import json, re, shutil, subprocess, sys
+import ast, json, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 from conftest import ROOT, SAMPLE, run
@@ -67,7 +67,7 @@ def test_docs_pages_render(copy):
     proc = copy/'_proc'
     nbs = {p.stem: json.loads(p.read_text()) for p in proc.glob('*.ipynb')}
     assert set(nbs)=={p.stem for p in (ROOT/'nbs').glob('*.ipynb')}
-    pages = {name: _page_text(nb) for name, nb in nbs.items()}
+    pages = {re.sub(r'^\d+_', '', name): _page_text(nb) for name, nb in nbs.items()}   # 09_architectures.ipynb → architectures.html
     for name, nb in nbs.items():
         front = ''.join(nb['cells'][0]['source'])
         assert re.search(r'^title: .+', front, re.M), f'{name}: no title in {front[:200]!r}'
@@ -86,3 +86,16 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT/'.ci'/'run').read_text().strip().splitlines()[-1]
     assert ci=='python -m pytest tests'
     assert f'\n{ci}\n' in (ROOT/'README.md').read_text()
+
+def test_imports_in_cells_of_their_own():
+    "nbdev's docs processing runs every cell that imports; such cells must do nothing else (nbdev's FAQ), or the docs build runs them without their context."
+    bad = []
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        for i, c in enumerate(json.loads(nb.read_text())['cells']):
+            src = ''.join(c['source'])
+            if c['cell_type']!='code' or re.search(r'^#\|\s*(export|exporti|exports|eval:\s*false)\b', src, re.M): continue
+            try: body = ast.parse(src).body
+            except SyntaxError: continue   # magics; nbdev skips what it cannot parse
+            if any(isinstance(n, (ast.Import, ast.ImportFrom)) for t in body for n in ast.walk(t)) and not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body):
+                bad.append(f'{nb.name} cell {i}: {src[:60]!r}')
+    assert not bad, '\n'.join(bad)
