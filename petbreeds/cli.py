@@ -21,9 +21,9 @@ from .presizing import pets_block, pets_dls
 # %% auto #0
 __all__ = ['FOLDER_RECIPE', 'CliError', 'parse_slice', 'parse_split', 'build_parser', 'parse_args', 'PerBreedSplitter',
            'choose_split', 'make_splitter', 'train_profile', 'train_option', 'EpochTimer', 'CPUAutocast',
-           'confused_pairs', 'distributed', 'train', 'load_model', 'evaluate_model', 'evaluate', 'predict_files',
-           'predict', 'bench_pipeline', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'bench', 'quiz',
-           'main']
+           'most_confused_from_preds', 'distributed', 'train', 'load_model', 'evaluate_model', 'evaluate',
+           'predict_files', 'predict', 'bench_pipeline', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput',
+           'bench', 'quiz', 'main']
 
 # %% ../nbs/11_cli.ipynb #80029a65
 class CliError(ValueError):
@@ -207,7 +207,7 @@ class CPUAutocast(Callback):
     def after_loss(self): self.ctx.__exit__(None, None, None)
 
 # %% ../nbs/11_cli.ipynb #733d0446
-def confused_pairs(preds:Tensor, # (n, classes) probabilities
+def most_confused_from_preds(preds:Tensor, # (n, classes) probabilities
                    targs:Tensor, # (n,) true class indices
                    vocab, # class names
                    min_val:int=1, # keep pairs seen at least this often
@@ -314,7 +314,7 @@ def train(args:argparse.Namespace)->int:
             preds = torch.lerp(aug, plain, 0.25)
         else: plain, targs = learn.get_preds(); preds = plain
     err, err_plain = error_rate(preds, targs).item(), error_rate(plain, targs).item()
-    confused = confused_pairs(preds, targs, dls.vocab)
+    confused = most_confused_from_preds(preds, targs, dls.vocab)
     secs = time.perf_counter()-start
     if rank:
         print(f"rank {rank}/{world}: error rate {err:.4f}")
@@ -368,7 +368,7 @@ def evaluate_model(learn:Learner, # from `load_model`
     for t,ok in zip(targs.tolist(), right.tolist()): per[vocab[t]][0] += 1; per[vocab[t]][1] += ok
     return dict(data=str(data), n_images=len(files), error_rate=1-right.float().mean().item(), n_wrong=int((~right).sum()),
                 per_breed={b: dict(n=n, correct=c, accuracy=c/n) for b,(n,c) in sorted(per.items())},
-                most_confused=confused_pairs(preds, targs, vocab))
+                most_confused=most_confused_from_preds(preds, targs, vocab))
 
 def evaluate(args:argparse.Namespace)->int:
     "`petbreeds evaluate MODEL DIR`."

@@ -90,6 +90,12 @@ def _check_reduction(reduction):
     if reduction not in REDUCTIONS:
         raise ValueError(f"Unknown reduction {reduction!r}: use 'mean', 'sum' or 'none'.")
 
+def _check_acts(x:Tensor, reduction:str)->Tensor:
+    "Check `reduction` and that `x` is (n, classes), before any work; `x` as a plain tensor."
+    _check_reduction(reduction)
+    if x.ndim!=2: raise ValueError(f"Expected activations of shape (n, classes), got shape {tuple(x.shape)}.")
+    return _plain(x)
+
 def _reduce(loss:Tensor, reduction:str)->Tensor:
     _check_reduction(reduction)
     return loss.mean() if reduction=='mean' else loss.sum() if reduction=='sum' else loss
@@ -99,9 +105,8 @@ def nll_loss(x:Tensor, # (n, classes): log-probabilities (or, in the book's firs
              reduction:str='mean', # 'mean', 'sum' or 'none'
             )->Tensor:
     "Negative log likelihood: minus `x`'s entry in each row's target column (`-x[range(n), y]`), then reduced."
-    _check_reduction(reduction)
-    if x.ndim!=2: raise ValueError(f"Expected activations of shape (n, classes), got shape {tuple(x.shape)}.")
-    x,y = _plain(x),_check_targets(y, x.shape[1], x.shape[0])
+    x = _check_acts(x, reduction)
+    y = _check_targets(y, x.shape[1], x.shape[0])
     return _reduce(-x[range(len(y)), y], reduction)
 
 # %% ../nbs/05_cross_entropy.ipynb #672604fb
@@ -125,6 +130,4 @@ def cross_entropy(x:Tensor, # (n, classes): raw activations, *not* probabilities
                   reduction:str='mean', # 'mean', 'sum' or 'none'
                  )->Tensor:
     "Cross-entropy loss, `nll_loss(log_softmax(x), y)`, like `F.cross_entropy` and `nn.CrossEntropyLoss`."
-    _check_reduction(reduction)
-    if x.ndim!=2: raise ValueError(f"Expected activations of shape (n, classes), got shape {tuple(x.shape)}.")
-    return nll_loss(log_softmax(_plain(x), dim=1), y, reduction)
+    return nll_loss(log_softmax(_check_acts(x, reduction), dim=1), y, reduction)

@@ -32,8 +32,13 @@ def pets_dls(profile:Profile|None=None, # default: `get_profile()`
     "`DataLoaders` for the pets in `path`, sized by `profile`."
     p = profile or get_profile()
     path = ifnone(path, pets_path(p))
-    return pets_block(p, **{k: kwargs.pop(k) for k in ('presize','size','per_breed') if k in kwargs}).dataloaders(
-        path, bs=ifnone(bs, p.bs), device=kwargs.pop('device', p.device), **kwargs)
+    block = pets_block(p, **{k: kwargs.pop(k) for k in ('presize','size','per_breed') if k in kwargs})
+    dls = block.dataloaders(path, bs=ifnone(bs, p.bs), device=kwargs.pop('device', p.device), **kwargs)
+    # fastai learns the vocabulary from the training set, and would only fail at the first validation batch
+    if (missing := sorted({breed_of(o) for o in dls.valid_ds.items} - set(dls.vocab))):
+        raise DataError(f"No training images for {', '.join(missing[:4])}{' …' if len(missing)>4 else ''} (data: {str(path)!r}): "
+                        "the random 80/20 split put all of their images in the validation set. Use more images per breed (5 or more).")
+    return dls
 
 # %% ../nbs/04_presizing.ipynb #059466cf
 def fixed_augs(size:int|None=None, # output size; `None` keeps the input size
