@@ -15,7 +15,7 @@ from fastai.data.external import URLs, fastai_cfg
 
 # %% auto #0
 __all__ = ['PROFILES', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'Profile', 'pets_url', 'reachable', 'pets_cached', 'weights_cached',
-           'can_get_pets', 'can_get_weights', 'ProfileError', 'get_profile']
+           'can_get_pets', 'can_get_weights', 'ProfileError', 'get_profile', 'check_claim']
 
 # %% ../nbs/00_profiles.ipynb #5acbbfa6
 @dataclass(frozen=True)
@@ -137,3 +137,15 @@ def get_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto'; d
     p = replace(p, device='cuda' if gpu else 'cpu', forced=name!='auto', **overrides)
     if verbose: print(p.describe())
     return p
+
+# %% ../nbs/00_profiles.ipynb #2716944a
+def check_claim(ok:bool, # did the outcome the text describes happen?
+                claim:str, # that outcome, in words
+                profile:Profile|None=None, # default: `get_profile()`
+               ):
+    "Assert `claim` on the embedded data set and on Oxford-IIIT Pet; on a folder of your own images, print a note if it did not hold."
+    if ok: return
+    p = profile or get_profile(verbose=False)
+    if p.data in ('pets', 'synthetic'): raise AssertionError(f"Expected: {claim}")
+    print(f"Not seen on your images in {p.data}: {claim}. With few images per breed or small sizes the model may be too weak to show it;"
+          " more images, a larger size or more epochs usually do.")
