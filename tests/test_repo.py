@@ -67,7 +67,7 @@ def test_docs_pages_render(copy):
     proc = copy/'_proc'
     nbs = {p.stem: json.loads(p.read_text()) for p in proc.glob('*.ipynb')}
     assert set(nbs)=={p.stem for p in (ROOT/'nbs').glob('*.ipynb')}
-    pages = {re.sub(r'^\d+_', '', name): _page_text(nb) for name, nb in nbs.items()}   # 09_architectures.ipynb → architectures.html
+    pages = {re.sub(r'^\d+_', '', name): _page_text(nb) for name, nb in nbs.items()}   # 07_architectures.ipynb → architectures.html
     for name, nb in nbs.items():
         front = ''.join(nb['cells'][0]['source'])
         assert re.search(r'^title: .+', front, re.M), f'{name}: no title in {front[:200]!r}'
