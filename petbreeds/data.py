@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['BREEDS', 'CAT_BREEDS', 'DOG_BREEDS', 'PETS_PAT', 'DataError', 'breed_of', 'species_of', 'download_pets', 'pets_path',
-           'image_problem', 'subset_per_breed', 'get_pet_files']
+           'image_problem', 'PetImage', 'subset_per_breed', 'get_pet_files', 'check_split']
 
 # %% ../nbs/01_data_layout.ipynb #96ba7626
 from .profiles import *
@@ -24,7 +24,9 @@ CAT_BREEDS = [b for b in BREEDS if b[0].isupper()]
 DOG_BREEDS = [b for b in BREEDS if b[0].islower()]
 
 # %% ../nbs/01_data_layout.ipynb #54bee18d
-PETS_PAT = r'^(.+)_\d+\.jpg$'
+# the book's `r'^(.+)_\d+.jpg$'`, made strict: letters and underscores only (a space or an accent is a mistake, not a
+# new breed), any case of .jpg/.jpeg/.png (`(?i)` makes the whole pattern ignore case)
+PETS_PAT = r'(?i)^([a-z]+(?:_[a-z]+)*)_\d+\.(?:jpe?g|png)$'
 
 class DataError(ValueError):
     "A problem with the learner's data, described with the file or folder involved."
@@ -33,7 +35,7 @@ def breed_of(fname)->str:
     "The breed in an Oxford-IIIT Pet file name such as `great_pyrenees_173.jpg`."
     name = Path(fname).name
     m = re.match(PETS_PAT, name)
-    if m is None: raise DataError(f"{name!r} is not named like an Oxford-IIIT Pet image (Breed_123.jpg)")
+    if m is None: raise DataError(f"{name!r} is not named like an Oxford-IIIT Pet image (Breed_123.jpg: letters and underscores, a number, .jpg/.jpeg/.png)")
     return m.group(1)
 
 def species_of(fname)->str:
@@ -43,18 +45,15 @@ def species_of(fname)->str:
 # %% ../nbs/01_data_layout.ipynb #7a26db15
 def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_URL`
                   dest:Path|None=None, # where to extract; default: fastai's data folder (`~/.fastai/data`)
+                  **kwargs, # to `get_dataset` (timeouts, `show_progress`)
                  )->Path:
-    "Download and extract Oxford-IIIT Pet with `untar_data` (reused when already there); the folder holding `images`."
+    "Download and safely extract Oxford-IIIT Pet with [`get_dataset`](17_downloads.ipynb) (reused when there); the folder holding `images`."
+    from petbreeds.download import get_dataset, DownloadError
     url = url or pets_url()
-    try:
-        if dest is None: path = untar_data(url)
-        else: path = untar_data(url, data=Path(dest), archive=Path(dest)/'archive')
-    except Exception as e:
-        raise DataError(f"Could not download Oxford-IIIT Pet from {url}: {type(e).__name__}: {e}. "
-                        "Check your connection, or use PETBREEDS_PROFILE=offline, or pass a folder with --data / PETBREEDS_DATA.") from None
-    if not (path/'images').is_dir():
-        raise DataError(f"{url} was extracted to {path}, but there is no images/ folder inside: is it really Oxford-IIIT Pet?")
-    return path
+    try: return get_dataset(url, dest, Path(dest)/'archive' if dest else None, must_have='images', **kwargs)
+    except DownloadError as e:
+        raise DataError(f"Could not download Oxford-IIIT Pet: {e}. Check your connection, or use PETBREEDS_PROFILE=offline, "
+                        "or pass a folder with --data / PETBREEDS_DATA.") from None
 
 # %% ../nbs/01_data_layout.ipynb #ff48523a
 def pets_path(profile:Profile|None=None)->Path:
@@ -93,6 +92,25 @@ def image_problem(fn)->str|None:
     st = Path(fn).stat()
     return _image_problem(str(fn), st.st_size, st.st_mtime)
 
+# %% ../nbs/01_data_layout.ipynb #1932dab9
+def _to_8bit(im:Image.Image)->Image.Image:
+    if im.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+        a = np.asarray(im, dtype=np.float32)
+        if im.mode!='F' and (im.mode!='I' or a.max()>255): a = a/257   # 16 bits to 8
+        elif im.mode=='F' and a.max()<=1: a = a*255
+        return Image.fromarray(a.clip(0, 255).round().astype(np.uint8), 'L')
+    if im.mode=='P' and 'transparency' in im.info: return im.convert('RGBA')  # what Pillow asks for
+    return im
+
+class PetImage(PILImage):
+    "A `PILImage` that also reads 16-bit images right (fastai's `convert('RGB')` turns them white)."
+    @classmethod
+    def create(cls, fn, **kwargs):
+        if not isinstance(fn, (str, Path)): return super().create(fn, **kwargs)
+        with Image.open(fn) as im:
+            im.load()
+            return cls(_to_8bit(im).convert('RGB'))
+
 # %% ../nbs/01_data_layout.ipynb #cd7c8eab
 def _summary(skipped, n, path, limit=4):
     items = ', '.join(f'{Path(f).name} ({why})' for f,why in skipped[:limit])
@@ -128,3 +146,18 @@ def get_pet_files(path, # a folder of Oxford-named images (or the folder holding
     if skipped and verbose: print(_summary(skipped, len(all_files), path))
     if not ok: raise DataError(f"No usable images in {str(path)!r}: {_summary(skipped, len(all_files), path)}")
     return subset_per_breed(ok, per_breed, seed)
+
+# %% ../nbs/01_data_layout.ipynb #7b632ea6
+def check_split(files, # from `get_pet_files`
+                splitter, # a fastai splitter: `files` → `(train_idxs, valid_idxs)`
+               )->tuple:
+    "`splitter(files)`, or a `DataError` if it cannot train: fewer than 2 breeds, no validation, or a breed only in validation."
+    files = L(files)
+    breeds = files.map(breed_of)
+    if len(set(breeds)) < 2: raise DataError(f"only one breed ({breeds[0] if breeds else 'none'}) in {len(files)} images: a classifier needs at least two")
+    train, valid = splitter(files)
+    if not len(valid): raise DataError(f"the validation set is empty ({len(files)} images): use more images per breed")
+    if (missing := sorted({breeds[i] for i in valid} - {breeds[i] for i in train})):
+        raise DataError(f"no training images for {', '.join(missing[:4])}{' …' if len(missing)>4 else ''}: all their images are in the "
+                        "validation set; use more images per breed (5 or more)")
+    return train, valid

@@ -18,7 +18,7 @@ def pets_block(profile:Profile|None=None, # sizes and subset; default: `get_prof
                )->DataBlock:
     "The chapter's pets `DataBlock`: presize per item, augment and resize once per batch."
     p = profile or get_profile(verbose=False)
-    return DataBlock(blocks=(ImageBlock, CategoryBlock),
+    return DataBlock(blocks=(ImageBlock(PetImage), CategoryBlock),
                      get_items=partial(get_pet_files, per_breed=ifnone(per_breed, p.per_breed)),
                      splitter=RandomSplitter(valid_pct=0.2, seed=42),
                      get_y=using_attr(RegexLabeller(PETS_PAT), 'name'),
