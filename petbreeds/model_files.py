@@ -6,8 +6,8 @@
 __all__ = ['MODEL_FORMAT', 'ModelFileError', 'atomic_path', 'atomic_write', 'check_writable', 'run_folder', 'save_model',
            'sha256_file', 'load_model_files', 'load_pickled', 'load_model']
 
-# %% ../nbs/18_model_files.ipynb #d0fd86aa
-import os, io, json, time, hashlib, tempfile, contextlib, warnings, shutil, secrets
+# %% ../nbs/18_model_files.ipynb #3c7d7a8c
+import os, io, errno, json, time, hashlib, tempfile, contextlib, warnings, shutil, secrets
 from datetime import datetime
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from fastai.vision.all import *
 from .data import PetImage, PETS_PAT
 from .backbone import pets_learner
 
-# %% ../nbs/18_model_files.ipynb #ca8265d6
+# %% ../nbs/18_model_files.ipynb #e6d60d6e
 class ModelFileError(ValueError):
     "A model file or output folder that cannot be used, in one line naming it."
 
@@ -45,13 +45,17 @@ def atomic_write(path, data:bytes|str)->Path:
     with atomic_path(path) as tmp: Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)
 
-# %% ../nbs/18_model_files.ipynb #9448c8bc
+# %% ../nbs/18_model_files.ipynb #412b3aa2
+_NOT_YOURS = (errno.EACCES, errno.EPERM, errno.EROFS)   # a place the user may not write to: their choice to fix
+
 def check_writable(folder, need_bytes:int=0)->Path:
     "`folder` if a file can be created in it and `need_bytes` are free, else `ModelFileError` (`OSError` for the machine's troubles)."
     folder = Path(folder)
     try:
         with tempfile.TemporaryFile(dir=folder) as f: f.write(b'x'); f.flush(); os.fsync(f.fileno())
-    except PermissionError: raise ModelFileError(f"cannot write in {str(folder)!r}: permission denied") from None
+    except OSError as e:
+        if e.errno in _NOT_YOURS: raise ModelFileError(f"cannot write in {str(folder)!r}: {e.strerror.lower()}") from None
+        raise   # a full disk, an I/O error: the machine's trouble
     free = shutil.disk_usage(folder).free
     if free < need_bytes: raise OSError(28, f"only {free/2**20:.1f} MiB free in {str(folder)!r}, need about {need_bytes/2**20:.1f} MiB")
     return folder
@@ -61,33 +65,38 @@ def run_folder(out=None, # a folder to use (created if needed); default: a new u
                need_bytes:int=0, # free space to ask for
               )->Path:
     "A writable output folder, created before any work: `out`, or a new `root/YYYYmmdd-HHMMSS-xxxxxx` no other run shares."
-    if out is None:
-        Path(root).mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=datetime.now().strftime('%Y%m%d-%H%M%S-'), dir=root))
-        os.chmod(folder, 0o777 & ~_umask())   # mkdtemp makes it private (0700); a run folder is an ordinary one
-    else:
-        folder = Path(out).expanduser()
-        if folder.exists() and not folder.is_dir(): raise ModelFileError(f"--out {str(folder)!r} is a file, not a folder")
-        try: folder.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError): raise ModelFileError(f"--out {str(folder)!r}: a part of the path is a file") from None
-        except PermissionError: raise ModelFileError(f"cannot create {str(folder)!r}: permission denied") from None
+    try:
+        if out is None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=datetime.now().strftime('%Y%m%d-%H%M%S-'), dir=root))
+            os.chmod(folder, 0o777 & ~_umask())   # mkdtemp makes it private (0700); a run folder is an ordinary one
+        else:
+            folder = Path(out).expanduser()
+            if folder.exists() and not folder.is_dir(): raise ModelFileError(f"--out {str(folder)!r} is a file, not a folder")
+            folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError): raise ModelFileError(f"--out {str(out)!r}: a part of the path is a file") from None
+    except OSError as e:
+        if e.errno in _NOT_YOURS: raise ModelFileError(f"cannot create a folder in {str(out or root)!r}: {e.strerror.lower()}") from None
+        raise
     return check_writable(folder, need_bytes)
 
 def _umask():
     m = os.umask(0); os.umask(m)
     return m
 
-# %% ../nbs/18_model_files.ipynb #87c8cd4c
+# %% ../nbs/18_model_files.ipynb #fe8ae7bc
 MODEL_FORMAT = 'petbreeds-model/1'
+
+def _pair(sz): return [int(o) for o in sz] if is_listy(sz) else [int(sz)]*2
 
 def _pipeline_of(dls)->dict:
     "The sizes and normalisation of `dls`'s inference pipeline, as JSON-able values."
     res = dict(presize=None, size=None, min_scale=1.0, mean=None, std=None)
     for t in dls.after_item:
-        if isinstance(t, Resize): res['presize'] = list(t.size)
+        if isinstance(t, Resize): res['presize'] = _pair(t.size)
     for t in dls.after_batch:
-        if isinstance(t, RandomResizedCropGPU): res['size'], res['min_scale'] = list(t.size), float(t.min_scale)
-        elif isinstance(t, AffineCoordTfm) and getattr(t, 'size', None) is not None and res['size'] is None: res['size'] = list(t.size)
+        if isinstance(t, RandomResizedCropGPU): res['size'], res['min_scale'] = _pair(t.size), float(t.min_scale)
+        elif isinstance(t, AffineCoordTfm) and getattr(t, 'size', None) is not None and res['size'] is None: res['size'] = _pair(t.size)
         elif isinstance(t, Normalize): res['mean'], res['std'] = t.mean.flatten().tolist(), t.std.flatten().tolist()
     return res
 
@@ -107,7 +116,7 @@ def save_model(learn:Learner, # a trained classifier
                 versions=dict(petbreeds=petbreeds.__version__, fastai=fastai.__version__, torch=torch.__version__), **extra)
     return atomic_write(folder/'model.json', json.dumps(meta, indent=2))   # last: a folder without it is not a model
 
-# %% ../nbs/18_model_files.ipynb #b88b7ed1
+# %% ../nbs/18_model_files.ipynb #501f5f51
 def sha256_file(fn, chunk:int=1<<20)->str:
     "The SHA-256 of the file `fn`, read in chunks."
     h = hashlib.sha256()
@@ -149,7 +158,7 @@ def load_model_files(path)->Learner:
     learn.model.eval()
     return learn
 
-# %% ../nbs/18_model_files.ipynb #49058193
+# %% ../nbs/18_model_files.ipynb #242f09b5
 def load_pickled(fn, trust_pickle:bool=False)->Learner:
     "`load_learner(fn)` on the CPU, only if `trust_pickle`: unpickling runs whatever code the file holds."
     fn = Path(fn)

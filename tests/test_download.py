@@ -174,12 +174,12 @@ def test_silent_server_times_out(www, tmp_path):
 
 def test_silent_mirror_does_not_hang(www, tmp_path):
     "`download_pets` with its default timeouts, in a fresh process, against a mirror that never answers: a line in ~30 s."
-    script = 'from petbreeds.data import download_pets\ntry: download_pets()\nexcept Exception as e: print(type(e).__name__, e)'
-    t0 = time.perf_counter()
-    r = run([sys.executable, '-W', 'ignore', '-c', script], env=_env(dict(home=tmp_path/'fastai', torch_home=tmp_path, cache=tmp_path), www['silent']), timeout=120)
-    took = time.perf_counter()-t0
-    assert 'DataError: Could not download Oxford-IIIT Pet: ' in r.out and 'the server sent nothing for 30 s' in r.out, r.out
-    assert took < 90, took
+    script = ('import time\nfrom petbreeds.data import download_pets\nt0 = time.perf_counter()\n'
+              'try: download_pets()\nexcept Exception as e: print(type(e).__name__, e)\nprint(f"took {time.perf_counter()-t0:.0f} s")')
+    r = run([sys.executable, '-W', 'ignore', '-c', script], env=_env(dict(home=tmp_path/'fastai', torch_home=tmp_path, cache=tmp_path), www['silent']), timeout=300)
+    assert 'DataError Could not download Oxford-IIIT Pet: ' in r.out and 'the server sent nothing for 30 s' in r.out, r.out
+    took = int(r.out.split('took ')[1].split()[0])
+    assert 29 <= took < 60, r.out     # the read timeout, not forever (imports alone can take a minute on a busy machine)
 
 def test_404_is_one_line(www, tmp_path):
     with pytest.raises(DataError) as e: download_pets(www['url']+'/missing/oxford-iiit-pet.tgz', tmp_path/'data')

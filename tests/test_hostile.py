@@ -1,0 +1,138 @@
+"""Hostile inputs and the outside world, beyond downloads (tests/test_download.py): model files that cannot run code,
+checksums, pickles only when trusted, output folders that are read-only, full, files, or shared by two runs started
+together, 16-bit images, and the command line's errors (one line; exit 2 for the user's mistakes, 1 for the machine's)."""
+import errno, json, multiprocessing, os, shutil, subprocess, sys, tempfile, warnings
+from pathlib import Path
+import numpy as np, pytest, torch
+from PIL import Image
+from conftest import offline_env, run, ROOT
+
+from petbreeds.model_files import (run_folder, check_writable, atomic_write, atomic_path, save_model, load_model,
+                                   load_model_files, ModelFileError)
+from petbreeds.data import PetImage, get_pet_files, check_split, DataError, PETS_PAT
+
+@pytest.fixture
+def mount(tmp_path):
+    "`mount(size, ro)`: a tiny tmpfs (root only), unmounted afterwards; the test is skipped where it can't be made."
+    made = []
+    def _m(size='64k', ro=False):
+        d = tmp_path/f'mnt{len(made)}'; d.mkdir()
+        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}' + (',ro' if ro else ''), 'tmpfs', str(d)], capture_output=True, text=True)
+        if r.returncode: pytest.skip(f'cannot mount a tmpfs here ({r.stderr.strip()[:80] or "not root"}): read-only/full folders untested')
+        made.append(d)
+        return d
+    yield _m
+    for d in made: subprocess.run(['umount', '-l', str(d)])
+
+def _fill(d):
+    "Fill the file system holding `d`."
+    fd = os.open(d/'filler', os.O_WRONLY|os.O_CREAT)
+    try:
+        while True: os.write(fd, b'\0'*4096)
+    except OSError as e: assert e.errno==errno.ENOSPC
+    finally: os.close(fd)
+
+# --- output folders ---
+def test_read_only_out_is_the_users_mistake(mount):
+    ro = mount(ro=True)
+    with pytest.raises(ModelFileError, match='read-only file system'): run_folder(ro/'run1')
+    with pytest.raises(ModelFileError, match='read-only file system'): run_folder(None, root=ro)
+
+def test_full_disk_is_the_machines_and_leaves_old_files(mount):
+    full = mount('64k')
+    atomic_write(full/'results.json', '{"error_rate": 0.1}')
+    _fill(full)
+    with pytest.raises(OSError) as e: atomic_write(full/'results.json', 'x'*100_000)
+    assert e.value.errno==errno.ENOSPC and not isinstance(e.value, ModelFileError)
+    assert (full/'results.json').read_text()=='{"error_rate": 0.1}'          # the old result, whole
+    assert sorted(os.listdir(full))==['filler', 'results.json']               # no temporary file left
+    (full/'filler').unlink()
+    with pytest.raises(OSError, match='MiB free'): check_writable(full, need_bytes=10*2**20)
+
+def test_out_naming_a_file(tmp_path):
+    (tmp_path/'f').write_text('x')
+    with pytest.raises(ModelFileError, match='is a file, not a folder'): run_folder(tmp_path/'f')
+
+def _make(args):
+    root, barrier = args
+    return str(run_folder(None, root=root))
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    ctx = multiprocessing.get_context('fork')
+    with ctx.Pool(8) as pool: got = pool.map(_make, [(tmp_path/'runs', None)]*16)
+    assert len(set(got))==16 and all(Path(o).is_dir() for o in got)
+
+def test_interrupted_write_leaves_old_file(tmp_path):
+    atomic_write(tmp_path/'model.json', 'old')
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path/'model.json') as tmp:
+            tmp.write_text('half'); raise KeyboardInterrupt
+    assert (tmp_path/'model.json').read_text()=='old' and os.listdir(tmp_path)==['model.json']
+
+# --- model files ---
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    "A two-breed resnet18 (no pretrained weights), saved both ways."
+    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, aug_transforms, using_attr, RegexLabeller, get_image_files
+    from petbreeds.backbone import pets_learner
+    root = tmp_path_factory.mktemp('tiny'); src = root/'src'; src.mkdir()
+    rng = np.random.default_rng(0)
+    for b,c in (('Birman', 40), ('pug', 200)):
+        for i in range(4): Image.fromarray((rng.random((40, 50, 3))*60+c).astype(np.uint8)).save(src/f'{b}_{i}.jpg')
+    block = DataBlock(blocks=(ImageBlock(PetImage), CategoryBlock), get_items=get_image_files, splitter=RandomSplitter(0.5, seed=0),
+                      get_y=using_attr(RegexLabeller(PETS_PAT), 'name'), item_tfms=Resize(40), batch_tfms=aug_transforms(size=32))
+    learn = pets_learner(block.dataloaders(src, bs=2, device='cpu'), 'resnet18', pretrained=False)
+    out = root/'run'; out.mkdir()
+    save_model(learn, out, 'resnet18'); learn.export(out/'model.pkl')
+    return dict(src=src, out=out, root=root)
+
+def test_flipped_bytes_refused(tiny, tmp_path):
+    for f in ('model.json', 'model.safetensors'): shutil.copy(tiny['out']/f, tmp_path/f)
+    b = bytearray((tmp_path/'model.safetensors').read_bytes()); mid = len(b)//2
+    b[mid:mid+64] = bytes(x^0xFF for x in b[mid:mid+64]); (tmp_path/'model.safetensors').write_bytes(bytes(b))
+    with pytest.raises(ModelFileError) as e: load_model(tmp_path)
+    assert 'does not match the SHA-256' in str(e.value) and '\n' not in str(e.value)
+
+def _evil_pickle(fn, marker, stealthy_model=None):
+    "A `model.pkl` that writes `marker` when unpickled (and, stealthy, then returns a working model)."
+    class Evil:
+        def __reduce__(self): return (exec, (f"open({str(marker)!r}, 'w').write('pwned')",))
+    torch.save({'payload': Evil()} if stealthy_model is None else [Evil(), stealthy_model], fn)
+    return fn
+
+def test_crafted_pickle_refused_without_flag(tmp_path):
+    marker = tmp_path/'marker'
+    fn = _evil_pickle(tmp_path/'model.pkl', marker)
+    with pytest.raises(ModelFileError, match='--trust-pickle'): load_model(fn)
+    with pytest.raises(ModelFileError, match='--trust-pickle'): load_model(tmp_path)      # a folder with only a pickle
+    assert not marker.exists()
+    with warnings.catch_warnings(record=True) as w:                                      # trusted: it runs, fastai warns
+        warnings.simplefilter('always')
+        with pytest.raises(ModelFileError, match='not a model exported'): load_model(fn, trust_pickle=True)
+    assert marker.exists() and any('insecure pickle' in str(o.message) for o in w)
+
+# --- data ---
+def test_16bit_png_trains_as_what_it_shows(tmp_path):
+    "Through the pets DataBlock (which uses `PetImage`), a 16-bit gray ramp stays a ramp, not a white square."
+    from petbreeds.profiles import get_profile
+    from petbreeds.presizing import pets_block
+    for b in ('Birman', 'pug'):
+        for i in range(3): Image.fromarray(np.linspace(0, 65535, 64*64).reshape(64, 64).astype(np.uint16)).save(tmp_path/f'{b}_{i}.png')
+    assert Image.open(tmp_path/'pug_0.png').mode=='I;16'
+    blk = pets_block(get_profile('offline', verbose=False), presize=64, size=64, per_breed=None)
+    x = blk.datasets(tmp_path).train[0][0]
+    assert 100 < np.asarray(x).mean() < 155, np.asarray(x).mean()
+
+def test_names_and_extensions(tmp_path, capsys):
+    img = Image.new('RGB', (32, 32), (90, 120, 30))
+    for n in ('Birman_1.JPG', 'Birman_2.jpeg', 'pug_1.png', 'pug_2.Jpg', 'my pug_3.jpg', 'Bírman_4.jpg', 'pug-5.jpg'): img.save(tmp_path/n, format='PNG' if n.endswith('png') else 'JPEG')
+    files = get_pet_files(tmp_path)
+    assert sorted(f.name for f in files)==['Birman_1.JPG', 'Birman_2.jpeg', 'pug_1.png', 'pug_2.Jpg']
+    out = capsys.readouterr().out
+    assert 'Skipped 3 of 7' in out and "my pug_3.jpg (name not Breed_123.jpg)" in out
+
+def test_split_checked_before_training():
+    fs = ['Birman_1.jpg', 'Birman_2.jpg', 'pug_1.jpg']
+    with pytest.raises(DataError, match='only one breed'): check_split(fs[:2], lambda o: ([0], [1]))
+    with pytest.raises(DataError, match='validation set is empty'): check_split(fs, lambda o: ([0, 1, 2], []))
+    with pytest.raises(DataError, match='no training images for pug'): check_split(fs, lambda o: ([0, 1], [2]))
