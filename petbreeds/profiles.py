@@ -5,65 +5,98 @@
 # %% ../nbs/09_profiles.ipynb #3015835a
 from __future__ import annotations
 import os, socket, threading, urllib.parse, warnings
-from dataclasses import dataclass, replace, asdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 # fastai's import trips torch's deprecation of `torch.jit.script`; it is fastai's to fix, and only noise for a learner
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 import torch
+from torchvision.models import get_model_weights
 from fastai.data.external import URLs, fastai_cfg
 
 # %% auto #0
-__all__ = ['PROFILES', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'Profile', 'pets_url', 'reachable', 'pets_cached', 'weights_cached',
-           'can_get_pets', 'can_get_weights', 'ProfileError', 'get_profile', 'check_claim']
+__all__ = ['PETS', 'SYNTHETIC', 'PROFILES', 'FEW_SHOT', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'DataSource', 'Profile', 'pets_url',
+           'reachable', 'pets_cached', 'weights_cached', 'can_get_pets', 'can_get_weights', 'ProfileError',
+           'get_profile', 'check_claim']
 
-# %% ../nbs/09_profiles.ipynb #5acbbfa6
+# %% ../nbs/09_profiles.ipynb #eaee9aa1
+@dataclass(frozen=True)
+class DataSource:
+    "Where a profile's images come from: `PETS` (Oxford-IIIT Pet), `SYNTHETIC` (embedded), or `DataSource.folder(path)`."
+    kind:str             # 'pets', 'synthetic' or 'folder'
+    path:Path|None=None  # the folder, for kind 'folder'
+
+    def __post_init__(self):
+        if self.kind not in ('pets', 'synthetic', 'folder'): raise ValueError(f"Unknown data source {self.kind!r}")
+        if (self.kind=='folder') != (self.path is not None): raise ValueError("A folder data source, and only that, has a path")
+
+    @classmethod
+    def folder(cls, path): return cls('folder', Path(path).expanduser())
+    @property
+    def builtin(self)->bool: return self.kind!='folder'   # a data set the chapter's claims must hold on
+    def __str__(self): return f'images in {self.path}' if self.path else _DATA_NAMES[self.kind]
+
+_DATA_NAMES = dict(pets='Oxford-IIIT Pet', synthetic='synthetic pets')
+PETS, SYNTHETIC = DataSource('pets'), DataSource('synthetic')
+
+# %% ../nbs/09_profiles.ipynb #0c5a6aa6
 @dataclass(frozen=True)
 class Profile:
     "Everything a notebook or command needs to know about how to run."
-    name:str             # 'full', 'quick' or 'offline'
-    data:str             # 'pets' (Oxford-IIIT Pet), 'synthetic' (embedded default) or a folder of Oxford-named images
-    arch:str             # backbone name, resolved by `petbreeds.backbone.get_arch`
-    presize:int          # item transform: `Resize(presize)`, done per image on the CPU
-    size:int             # batch transform: final size after augmentation
-    bs:int               # batch size
-    per_breed:int|None   # images kept per breed (`None`: all of them)
-    epochs:int           # `fine_tune(epochs)`
-    freeze_epochs:int=1  # `fine_tune(..., freeze_epochs=)`
+    name:str              # 'full', 'quick' or 'offline'
+    data:DataSource       # `PETS`, `SYNTHETIC` or `DataSource.folder(path)`
+    arch:str              # backbone name, resolved by `petbreeds.backbone.get_arch`
+    presize:int           # item transform: `Resize(presize)`, done per image on the CPU
+    size:int              # batch transform: final size after augmentation
+    bs:int                # batch size
+    per_breed:int|None    # images kept per breed (`None`: all of them)
+    epochs:int            # `fine_tune(epochs)`
+    freeze_epochs:int=1   # `fine_tune(..., freeze_epochs=)`
     lr_find_iters:int=100 # mini-batches an `lr_find` may use
-    min_scale:float=0.75 # `aug_transforms(min_scale=)`
-    reason:str=''        # why this profile was chosen
-    forced:bool=False    # named by the learner (then a missing data set is an error, not a fallback)
-    device:str='cpu'     # 'cuda' or 'cpu'
+    min_scale:float=0.75  # `aug_transforms(min_scale=)`
+    recipe:str='fine_tune' # 'fine_tune' (the book's) or 'manual' (freeze, fit_one_cycle, unfreeze, fit_one_cycle)
+    lr:float|None=None    # the recipe's base rate (`None`: 2e-3 for fine_tune, 3e-3 for manual)
+    train_bn:bool=True    # train the frozen body's BatchNorm layers (fastai's default); `False` adds `BnFreeze`
+    tta:bool=False        # report the error rate with test-time augmentation
+    label_smoothing:bool=False # `LabelSmoothingCrossEntropyFlat` instead of cross-entropy
+    reason:str=''         # why this profile was chosen
+    forced:bool=False     # named by the learner (then a missing data set is an error, not a fallback)
+    device:str='cpu'      # 'cuda' or 'cpu'
 
     @property
     def is_offline(self): return self.name=='offline'
+    def few_shot(self)->Profile: return replace(self, **FEW_SHOT)   # the recipe for a few photos per breed on a CPU
 
     def describe(self):
         "One line: the profile, why it was chosen, and what it will use."
-        data = {'pets':'Oxford-IIIT Pet', 'synthetic':'synthetic pets'}.get(self.data, f'images in {self.data}')
-        if self.per_breed: data += f' ({self.per_breed} per breed)' if self.data in ('pets','synthetic') else f' (≤{self.per_breed} per breed)'
-        return f"{self.name}: {self.reason} — using {data} and {_ARCH_NAMES.get(self.arch, self.arch)}, {self.presize}→{self.size} px, bs {self.bs}, {self.device}"
+        data = str(self.data)
+        if self.per_breed: data += f' ({self.per_breed} per breed)' if self.data.builtin else f' (≤{self.per_breed} per breed)'
+        return (f"{self.name}: {self.reason} — using {data} and {_ARCH_NAMES.get(self.arch, self.arch)}, "
+                f"{self.presize}→{self.size} px, bs {self.bs}, {self.device}")
 
-# %% ../nbs/09_profiles.ipynb #24187461
+# %% ../nbs/09_profiles.ipynb #7cdf3b4b
 _ARCH_NAMES = dict(resnet18='resnet18', resnet34='resnet34', resnet50='resnet50', efficientnet_lite0='EfficientNet-Lite0')
 
 PROFILES = dict(
-    full   =Profile('full',    data='pets',      arch='resnet34',           presize=460, size=224, bs=64, per_breed=None, epochs=2, lr_find_iters=100),
-    quick  =Profile('quick',   data='pets',      arch='resnet18',           presize=160, size=128, bs=32, per_breed=16,   epochs=2, lr_find_iters=50),
-    offline=Profile('offline', data='synthetic', arch='efficientnet_lite0', presize=96,  size=64,  bs=32, per_breed=12,   epochs=2, lr_find_iters=30),
+    full   =Profile('full',    PETS,      'resnet34',           presize=460, size=224, bs=64, per_breed=None, epochs=2),
+    quick  =Profile('quick',   PETS,      'resnet18',           presize=160, size=128, bs=32, per_breed=16,   epochs=2,
+                    lr_find_iters=50),
+    offline=Profile('offline', SYNTHETIC, 'efficientnet_lite0', presize=96,  size=64,  bs=32, per_breed=12,   epochs=2,
+                    lr_find_iters=30),
 )
 
-# %% ../nbs/09_profiles.ipynb #300b199c
+# %% ../nbs/09_profiles.ipynb #3df34b12
+FEW_SHOT = dict(presize=320, size=224, bs=8, per_breed=None, freeze_epochs=8, epochs=0, min_scale=0.75,
+                recipe='manual', lr=2e-3, train_bn=False, tta=True, label_smoothing=False)
+
+# %% ../nbs/09_profiles.ipynb #a030110d
 PETS_URL_VAR = 'PETBREEDS_PETS_URL'   # override of `URLs.PETS`, e.g. a local mirror
-RESNET_WEIGHTS = dict(resnet18='https://download.pytorch.org/models/resnet18-f37072fd.pth',
-                      resnet34='https://download.pytorch.org/models/resnet34-b627a593.pth',
-                      resnet50='https://download.pytorch.org/models/resnet50-11ad3fa6.pth')
 
 def pets_url():
     "Where the Oxford-IIIT Pet tarball lives: `URLs.PETS`, unless `PETBREEDS_PETS_URL` says otherwise."
     return os.environ.get(PETS_URL_VAR) or URLs.PETS
 
+# %% ../nbs/09_profiles.ipynb #1598d172
 def reachable(url:str, timeout:float=2.0)->bool:
     "Can a TCP connection be opened to `url`'s host within `timeout` seconds? Never raises, never hangs."
     u = urllib.parse.urlparse(url)
@@ -78,28 +111,65 @@ def reachable(url:str, timeout:float=2.0)->bool:
     t.start(); t.join(timeout+0.5)
     return bool(ok)
 
-# %% ../nbs/09_profiles.ipynb #e59558c0
+# %% ../nbs/09_profiles.ipynb #dfe75e76
 def pets_cached()->Path|None:
     "The folder `untar_data(URLs.PETS)` extracted before, if there is one."
     name = urllib.parse.urlparse(pets_url()).path.split('/')[-1].split('.')[0]
     p = fastai_cfg().path('data')/name
     return p if (p/'images').is_dir() else None
 
+# %% ../nbs/09_profiles.ipynb #d2c9e682
+RESNET_WEIGHTS = {a: get_model_weights(a).DEFAULT for a in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')}
+
 def weights_cached(arch:str)->bool:
     "Are `arch`'s ImageNet weights already in torch's hub cache?"
-    url = RESNET_WEIGHTS.get(arch)
-    return url is not None and (Path(torch.hub.get_dir())/'checkpoints'/url.split('/')[-1]).exists()
+    w = RESNET_WEIGHTS.get(arch)
+    return w is not None and (Path(torch.hub.get_dir())/'checkpoints'/w.url.split('/')[-1]).exists()
 
-def can_get_pets(timeout=2.0): return pets_cached() is not None or reachable(pets_url(), timeout)
-def can_get_weights(arch, timeout=2.0): return weights_cached(arch) or reachable(RESNET_WEIGHTS[arch], timeout)
+# %% ../nbs/09_profiles.ipynb #ee9b4caa
+def can_get_pets(timeout=2.0)->bool:
+    "Is Oxford-IIIT Pet cached, or its server reachable?"
+    return pets_cached() is not None or reachable(pets_url(), timeout)
 
-# %% ../nbs/09_profiles.ipynb #90a7d3f2
+# %% ../nbs/09_profiles.ipynb #a98b61e7
+def can_get_weights(arch, timeout=2.0)->bool:
+    "Are `arch`'s ImageNet weights cached, or their server reachable?"
+    return weights_cached(arch) or reachable(RESNET_WEIGHTS[arch].url, timeout)
+
+# %% ../nbs/09_profiles.ipynb #b0dc7b55
 class ProfileError(RuntimeError):
-    "A forced profile cannot run here; the message says what to do instead."
+    "A profile cannot run here; the message says what to do instead."
 
-def _offline(reason, data=None, **kw):
-    p = PROFILES['offline']
-    return replace(p, reason=reason, data=str(data) if data else p.data, **kw)
+# %% ../nbs/09_profiles.ipynb #964cc5ff
+def _data_source(data)->DataSource|None:
+    if data is None: return None
+    d = DataSource.folder(data)
+    if not d.path.is_dir(): raise ProfileError(f"Data folder {str(d.path)!r} does not exist or is not a folder.")
+    return d
+
+def _forced(name, data, gpu, timeout)->Profile:
+    "The full or quick profile, or a `ProfileError` saying why it cannot run here."
+    p = PROFILES[name]
+    if name=='full' and not gpu:
+        raise ProfileError("The full profile needs a GPU and none was found: "
+                           "use PETBREEDS_PROFILE=quick (CPU, real data) or offline.")
+    if data is None and not can_get_pets(timeout):
+        raise ProfileError(f"The {name} profile needs Oxford-IIIT Pet, but {pets_url()} is unreachable and no copy is cached "
+                           f"in {fastai_cfg().path('data')}: connect to the internet, pass a folder of images with --data / "
+                           "PETBREEDS_DATA, or use PETBREEDS_PROFILE=offline.")
+    if not can_get_weights(p.arch, timeout):
+        raise ProfileError(f"The {name} profile needs {p.arch}'s ImageNet weights, but {RESNET_WEIGHTS[p.arch].url} is "
+                           f"unreachable and they are not in {Path(torch.hub.get_dir())/'checkpoints'}: "
+                           "connect to the internet or use PETBREEDS_PROFILE=offline.")
+    return replace(p, data=data or p.data)
+
+def _auto(data, gpu, timeout)->Profile:
+    "The best profile this machine can run, with the reason."
+    auto = 'full' if gpu else 'quick'
+    if data is None and not can_get_pets(timeout): return replace(PROFILES['offline'], reason=f'{pets_url()} unreachable')
+    if not can_get_weights(PROFILES[auto].arch, timeout):
+        return replace(PROFILES['offline'], reason=f'{PROFILES[auto].arch} ImageNet weights unreachable', data=data or SYNTHETIC)
+    return replace(PROFILES[auto], reason='GPU found' if gpu else 'no GPU, data and weights reachable', data=data or PETS)
 
 def get_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto'; default: `PETBREEDS_PROFILE`, else 'auto'
                 data:str|Path|None=None, # a folder of Oxford-named images to use as is; default: `PETBREEDS_DATA`
@@ -108,32 +178,14 @@ def get_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto'; d
                 **overrides)->Profile: # any `Profile` field, e.g. `bs=16`
     "Choose how to run: the named profile, or the best one this machine can do, with the reason."
     name = (profile or os.environ.get('PETBREEDS_PROFILE') or 'auto').lower()
-    asked = 'asked for' if profile else f'PETBREEDS_PROFILE={name}'
-    data = data or os.environ.get('PETBREEDS_DATA') or None
     if name not in (*PROFILES, 'auto'):
-        raise ProfileError(f"Unknown profile {name!r}: choose one of full, quick, offline or auto (PETBREEDS_PROFILE={os.environ.get('PETBREEDS_PROFILE')!r}).")
-    if data is not None:
-        data = Path(data).expanduser()
-        if not data.is_dir(): raise ProfileError(f"Data folder {str(data)!r} does not exist or is not a folder.")
-    gpu = torch.cuda.is_available()
-    if name=='offline': p = _offline(asked, data)
-    elif name in ('full','quick'):
-        p = PROFILES[name]
-        if name=='full' and not gpu:
-            raise ProfileError("The full profile needs a GPU and none was found: use PETBREEDS_PROFILE=quick (CPU, real data) or offline.")
-        if data is None and not can_get_pets(timeout):
-            raise ProfileError(f"The {name} profile needs Oxford-IIIT Pet, but {pets_url()} is unreachable and no copy is cached in {fastai_cfg().path('data')}: "
-                               "connect to the internet, pass a folder of images with --data / PETBREEDS_DATA, or use PETBREEDS_PROFILE=offline.")
-        if not can_get_weights(p.arch, timeout):
-            raise ProfileError(f"The {name} profile needs {p.arch}'s ImageNet weights, but {RESNET_WEIGHTS[p.arch]} is unreachable and they are not in "
-                               f"{Path(torch.hub.get_dir())/'checkpoints'}: connect to the internet or use PETBREEDS_PROFILE=offline.")
-        p = replace(p, reason=asked, data=str(data) if data else p.data)
-    else:
-        auto = 'full' if gpu else 'quick'
-        arch = PROFILES[auto].arch
-        if data is None and not can_get_pets(timeout): p = _offline(f'{pets_url()} unreachable')
-        elif not can_get_weights(arch, timeout): p = _offline(f'{arch} ImageNet weights unreachable', data)
-        else: p = replace(PROFILES[auto], reason='GPU found' if gpu else 'no GPU, data and weights reachable', data=str(data) if data else 'pets')
+        raise ProfileError(f"Unknown profile {name!r}: choose one of full, quick, offline or auto "
+                           f"(PETBREEDS_PROFILE={os.environ.get('PETBREEDS_PROFILE')!r}).")
+    data, gpu = _data_source(data or os.environ.get('PETBREEDS_DATA') or None), torch.cuda.is_available()
+    asked = 'asked for' if profile else f'PETBREEDS_PROFILE={name}'
+    if name=='offline': p = replace(PROFILES['offline'], reason=asked, data=data or SYNTHETIC)
+    elif name=='auto': p = _auto(data, gpu, timeout)
+    else: p = replace(_forced(name, data, gpu, timeout), reason=asked)
     p = replace(p, device='cuda' if gpu else 'cpu', forced=name!='auto', **overrides)
     if verbose: print(p.describe())
     return p
@@ -141,11 +193,10 @@ def get_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto'; d
 # %% ../nbs/09_profiles.ipynb #2716944a
 def check_claim(ok:bool, # did the outcome the text describes happen?
                 claim:str, # that outcome, in words
-                profile:Profile|None=None, # default: `get_profile()`
+                profile:Profile, # the run's profile: its data source decides
                ):
-    "Assert `claim` on the embedded data set and on Oxford-IIIT Pet; on a folder of your own images, print a note if it did not hold."
+    "Assert `claim` on the embedded data set and on Oxford-IIIT Pet; on a folder of your own images, print a note if not."
     if ok: return
-    p = profile or get_profile(verbose=False)
-    if p.data in ('pets', 'synthetic'): raise AssertionError(f"Expected: {claim}")
-    print(f"Not seen on your images in {p.data}: {claim}. With few images per breed or small sizes the model may be too weak to show it;"
-          " more images, a larger size or more epochs usually do.")
+    if profile.data.builtin: raise AssertionError(f"Expected: {claim}")
+    print(f"Not seen on your {profile.data}: {claim}. With few images per breed or small sizes the model may be too weak "
+          "to show it; more images, a larger size or more epochs usually do.")

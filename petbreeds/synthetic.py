@@ -11,19 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageEnhance
+from .data import BREEDS
 
 # %% auto #0
-__all__ = ['VERSION', 'BREEDS', 'TRAITS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
+__all__ = ['VERSION', 'TRAITS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
 
 # %% ../nbs/10_synthetic.ipynb #41765c24
 VERSION = 3  # bump whenever the drawing changes: it is part of the cache folder's name
-
-BREEDS = ['Abyssinian', 'Bengal', 'Birman', 'Bombay', 'British_Shorthair', 'Egyptian_Mau', 'Maine_Coon', 'Persian',
-          'Ragdoll', 'Russian_Blue', 'Siamese', 'Sphynx', 'american_bulldog', 'american_pit_bull_terrier', 'basset_hound',
-          'beagle', 'boxer', 'chihuahua', 'english_cocker_spaniel', 'english_setter', 'german_shorthaired', 'great_pyrenees',
-          'havanese', 'japanese_chin', 'keeshond', 'leonberger', 'miniature_pinscher', 'newfoundland', 'pomeranian', 'pug',
-          'saint_bernard', 'samoyed', 'scottish_terrier', 'shiba_inu', 'staffordshire_bull_terrier', 'wheaten_terrier',
-          'yorkshire_terrier']
 
 # %% ../nbs/10_synthetic.ipynb #d3cdc60c
 _TRAIT_COLS = ['species', 'head', 'ears', 'coat', 'pattern', 'colours', 'markings', 'eyes', 'muzzle', 'size', 'legs', 'tail']
@@ -220,7 +214,7 @@ class _Pet:
             d.ellipse([x-w, y-w*.8, x+w, y+w*1.1], fill=255)
 
 # %% ../nbs/10_synthetic.ipynb #9bb260bd
-def _paint(col, m, name, rng, dark_streaks=None):
+def _paint(col, m, name, rng):
     "Paint colour `name` into `col` where mask `m` (float HxWx1) is set; brindle and sesame get dark streaks."
     c = _colour(name, rng)
     layer = np.broadcast_to(c, col.shape).copy()
@@ -282,7 +276,6 @@ def _pattern(pet, col, colours, rng):
         _paint(col, M(lambda d: [pet.head(d), pet.ears(d), pet.legs(d), pet.muzzle(d)], 2), sec, rng)
         _paint(col, M(pet.saddle, 3)*M(pet.body, 0), main, rng)
         _paint(col, M(lambda d: [pet.chest(d), pet.paws(d)], 2), third, rng)
-        col[:] = col  # main is already the saddle's colour
     elif t.pattern=='tan_points':
         _paint(col, M(lambda d: [pet.brows(d), pet.muzzle(d), pet.lower_legs(d),
                                  d.ellipse([pet.bx-pet.bw*.3, pet.by-pet.bh*.8, pet.bx+pet.bw*.3, pet.by-pet.bh*.2], fill=255)], 2), sec, rng)
@@ -480,42 +473,70 @@ def _clean_leftovers(dest:Path):
 def _complete(dest:Path, per_breed:int)->bool:
     return (dest/'images').is_dir() and len(list((dest/'images').glob('*.jpg'))) == len(BREEDS)*per_breed
 
-# %% ../nbs/10_synthetic.ipynb #612db80a
+# %% ../nbs/10_synthetic.ipynb #c1785183
+_LIST_HEAD = """#Image CLASS-ID SPECIES BREED ID
+#ID: 1:37 Class ids
+#SPECIES: 1:Cat 2:Dog
+#BREED ID: 1-25:Cat 1:12:Dog
+#All images with 1st letter as captial are cat images
+#images with small first letter are dog images
+"""
+
+def _annotate(folder:Path, per_breed:int, seed:int)->Path:
+    "Write `folder/annotations/list.txt` in Oxford-IIIT Pet's format (class, species, breed id), if it is missing."
+    ann = folder/'annotations'
+    if (ann/'list.txt').exists(): return folder
+    ann.mkdir(exist_ok=True)
+    by_name = sorted(BREEDS, key=str.lower)   # the real class ids: breeds in case-insensitive order
+    species = {b: [o for o in by_name if o[0].isupper()==b[0].isupper()] for b in BREEDS}
+    rows = [f'{b}_{n} {by_name.index(b)+1} {1 if b[0].isupper() else 2} {species[b].index(b)+1}'
+            for b in by_name for n in range(1, per_breed+1)]
+    (ann/'README').write_text(f'Synthetic pets v{VERSION}, seed {seed}, {per_breed} per breed: '
+                              'drawn by petbreeds.synthetic, not real photos.\n')
+    tmp = ann/f'.list-{os.getpid()}.txt'
+    tmp.write_text(_LIST_HEAD + '\n'.join(rows) + '\n')
+    os.replace(tmp, ann/'list.txt')   # atomic: complete or absent
+    return folder
+
+# %% ../nbs/10_synthetic.ipynb #fb13c5e0
+def _draw_set(tmp:Path, per_breed:int, seed:int, verbose:bool):
+    "Draw the images of every breed into `tmp/images`."
+    (tmp/'images').mkdir()
+    breeds = list(enumerate(BREEDS))
+    if verbose:
+        from fastprogress.fastprogress import progress_bar
+        breeds = progress_bar(breeds, leave=False)
+    for bi, breed in breeds:
+        for n in range(1, per_breed+1):
+            img = draw_pet(breed, np.random.default_rng([seed, bi, n]))
+            img.save(tmp/'images'/f'{breed}_{n}.jpg', quality=int(80 + (bi*7 + n*13) % 16))
+
 def make_synthetic_pets(per_breed:int=12, # images per breed
                         seed:int=42, # the same seed gives the same images, byte for byte
-                        dest:str|Path|None=None, # folder to create; default `$PETBREEDS_HOME` (or ~/.cache/petbreeds)/synthetic-v{VERSION}-s{seed}-n{per_breed}
+                        dest:str|Path|None=None, # default: `$PETBREEDS_HOME`/synthetic-v{VERSION}-s{seed}-n{per_breed}
                         force:bool=False, # draw again even if a complete set is there
                         verbose:bool=True, # show progress and say how long the drawing took (only when it draws)
                        )->Path: # the `images` folder
     "Draw (or reuse) `per_breed` synthetic images of each of the 37 breeds, in the Oxford-IIIT Pet layout."
     if not isinstance(per_breed, (int, np.integer)) or per_breed < 1:
         raise ValueError(f"per_breed must be a positive whole number of images, not {per_breed!r}.")
-    if dest is None:
-        dest = Path(os.environ.get('PETBREEDS_HOME', '~/.cache/petbreeds')).expanduser()/f'synthetic-v{VERSION}-s{seed}-n{per_breed}'
-    dest = Path(dest).expanduser()
+    home = Path(os.environ.get('PETBREEDS_HOME', '~/.cache/petbreeds')).expanduser()   # `PETBREEDS_HOME`'s default
+    dest = Path(dest).expanduser() if dest else home/f'synthetic-v{VERSION}-s{seed}-n{per_breed}'
     dest.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(dest)
-    if _complete(dest, per_breed) and not force: return dest/'images'
+    if _complete(dest, per_breed) and not force: return _annotate(dest, per_breed, seed)/'images'
     tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{dest.name}-{os.getpid()}-', dir=dest.parent))
     try:
         tmp.chmod(0o755)
         start = time.perf_counter()
-        (tmp/'images').mkdir()
-        breeds = list(enumerate(BREEDS))
-        if verbose:
-            from fastprogress.fastprogress import progress_bar
-            breeds = progress_bar(breeds, leave=False)
-        for bi, breed in breeds:
-            for n in range(1, per_breed+1):
-                img = draw_pet(breed, np.random.default_rng([seed, bi, n]))
-                img.save(tmp/'images'/f'{breed}_{n}.jpg', quality=int(80 + (bi*7 + n*13) % 16))
-        (tmp/'README.txt').write_text(f'Synthetic pets v{VERSION}, seed {seed}, {per_breed} per breed: drawn by petbreeds.synthetic, not real photos.\n')
+        _draw_set(tmp, per_breed, seed, verbose)
+        _annotate(tmp, per_breed, seed)
         if dest.exists():
-            if _complete(dest, per_breed) and not force: return dest/'images'   # another process finished first: keep its set
+            if _complete(dest, per_breed) and not force: return _annotate(dest, per_breed, seed)/'images'   # another won
             shutil.rmtree(dest)
         try: os.replace(tmp, dest)   # atomic: the set appears complete or not at all
         except OSError:
             if not _complete(dest, per_breed): raise
         if verbose: print(f'Drew {len(BREEDS)*per_breed} synthetic pets in {time.perf_counter()-start:.1f} s into {dest}')
     finally: shutil.rmtree(tmp, ignore_errors=True)
-    return dest/'images'
+    return dest/'images' 
