@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_cli.ipynb #9ef1c624
 from __future__ import annotations
-import argparse, json, math, os, sys
+import argparse, contextlib, json, math, os, signal, sys
 from pathlib import Path
 
 # %% auto #0
@@ -60,6 +60,11 @@ def _positive_float(s):
     if not (math.isfinite(v) and v > 0): raise argparse.ArgumentTypeError(f"{s!r} must be a positive number")
     return v
 
+def _fraction(s):
+    v = _positive_float(s)
+    if v > 1: raise argparse.ArgumentTypeError(f"{s!r} must be in (0, 1]: a fraction of the image's area")
+    return v
+
 # %% ../nbs/12_cli.ipynb #88d86110
 class _Parser(argparse.ArgumentParser):
     "`ArgumentParser` whose usage errors become a one-line `CliError`."
@@ -76,7 +81,7 @@ def _train_data_options(t):
                    help="a folder of Oxford-named images (Breed_123.jpg) instead of the profile's")
     t.add_argument('--size', type=_int_in(16, 'pixels'), help='final image size (batch transform)')
     t.add_argument('--presize', type=_int_in(16, 'pixels'), help='per-item Resize before augmentation')
-    t.add_argument('--min-scale', type=_positive_float,
+    t.add_argument('--min-scale', type=_fraction,
                    help='aug_transforms(min_scale=): smallest crop kept, a fraction of the area')
     t.add_argument('--bs', type=_int_in(1, 'images'), help='batch size')
     t.add_argument('--per-breed', type=_int_in(0, 'images'), help='use at most N images per breed (0: all)')
@@ -113,16 +118,20 @@ def _train_recipe_options(t):
                    help='where to write results.json and model.pkl (default ./runs/<timestamp>)')
 
 # %% ../nbs/12_cli.ipynb #c2c40806
+_TRUST_HELP = 'MODEL may be a model.pkl: unpickling runs any code it holds, so only for files you trust'
+
 def _other_commands(sub):
     e = sub.add_parser('evaluate', help='error rate and per-breed accuracy of a model on a folder of labelled images')
-    e.add_argument('model', metavar='MODEL', help='model.pkl written by petbreeds train (or its run folder)')
+    e.add_argument('model', metavar='MODEL', help='run folder (or its model.json) written by petbreeds train')
     e.add_argument('data', metavar='DIR', help='folder of Oxford-named images')
     e.add_argument('--json', nargs='?', const='-', metavar='FILE',
                    help='also write the results as JSON (to FILE, or stdout)')
+    e.add_argument('--trust-pickle', action='store_true', help=_TRUST_HELP)
     e.add_argument('--bs', type=_int_in(1, 'images'), default=64, help='batch size')
     r = sub.add_parser('predict', help='most likely breeds of images')
-    r.add_argument('model', metavar='MODEL', help='model.pkl written by petbreeds train (or its run folder)')
+    r.add_argument('model', metavar='MODEL', help='run folder (or its model.json) written by petbreeds train')
     r.add_argument('images', metavar='IMAGE', nargs='+', help='image files')
+    r.add_argument('--trust-pickle', action='store_true', help=_TRUST_HELP)
     r.add_argument('--top-k', type=_int_in(1, 'breeds'), default=3, help='how many breeds to show per image')
     b = sub.add_parser('bench', help='measured speed ratios (a couple of minutes offline)')
     b.add_argument('--profile', choices=PROFILE_NAMES, help=_PROFILE_HELP)
@@ -173,18 +182,22 @@ def train(args:argparse.Namespace)->int:
 # %% ../nbs/12_cli.ipynb #f4bb70b0
 def evaluate(args:argparse.Namespace)->int:
     "`petbreeds evaluate MODEL DIR`: `evaluate_model`, printed, and written as JSON with `--json`."
-    from petbreeds.recipes import load_model, evaluate_model, report_evaluation
-    r = dict(model=str(args.model), **evaluate_model(load_model(args.model), args.data, args.bs))
-    report_evaluation(r)
-    if args.json == '-': print(json.dumps(r, indent=2))
-    elif args.json: Path(args.json).write_text(json.dumps(r, indent=2))
+    from petbreeds.recipes import load_model, evaluate_model, report_evaluation, atomic_write
+    if args.json not in (None, '-') and not Path(args.json).expanduser().parent.is_dir():
+        raise CliError(f"--json {args.json!r}: its folder does not exist")
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr) if args.json=='-' else contextlib.nullcontext():   # stdout: JSON only
+        r = dict(model=str(args.model), **evaluate_model(load_model(args.model, args.trust_pickle), args.data, args.bs))
+        report_evaluation(r)
+    if args.json == '-': print(json.dumps(r, indent=2), file=stdout)
+    elif args.json: atomic_write(Path(args.json).expanduser(), json.dumps(r, indent=2))
     return 0
 
 # %% ../nbs/12_cli.ipynb #6cf273e6
 def predict(args:argparse.Namespace)->int:
     "`petbreeds predict MODEL IMAGE...`: exit code 1 if any image could not be read."
     from petbreeds.recipes import load_model, predict_files
-    res, bad = predict_files(load_model(args.model), args.images, args.top_k)
+    res, bad = predict_files(load_model(args.model, args.trust_pickle), args.images, args.top_k)
     for f,why in bad: print(f"petbreeds predict: {f}: {why}", file=sys.stderr)
     for f,top in res: print(f"{f}: " + ', '.join(f'{b} {p:.3f}' for b,p in top))
     return 1 if bad else 0
@@ -208,16 +221,24 @@ def quiz(args:argparse.Namespace)->int:
 
 # %% ../nbs/12_cli.ipynb #810d46a3
 _COMMANDS = dict(train=train, evaluate=evaluate, predict=predict, bench=bench, quiz=quiz)
-_ERRORS = (('petbreeds.profiles', 'ProfileError'), ('petbreeds.data', 'DataError'))
+_ERRORS = (('petbreeds.profiles', 'ProfileError'), ('petbreeds.data', 'DataError'),
+           ('petbreeds.model_files', 'ModelFileError'), ('petbreeds.download', 'DownloadError'))
 
-def _expected(e:Exception)->bool:
-    "Is `e` a foreseeable problem (one line, exit code 2) rather than a bug (a traceback)?"
+def _exit_code(e:Exception)->int:
+    "2 for the user's mistakes (an option, a file, a value), 1 for the machine's (disk, memory, device) and for bugs."
     kinds = [getattr(sys.modules.get(m), n, None) for m,n in _ERRORS]
-    return isinstance(e, (CliError, *[k for k in kinds if k]))
+    return 2 if isinstance(e, (CliError, *[k for k in kinds if k])) else 1
+
+def _on_sigint(signum, frame):
+    "Ctrl-C: `KeyboardInterrupt` the first time; if that was swallowed (or on a second one), stop the process now."
+    if getattr(_on_sigint, 'fired', False): print("petbreeds: interrupted", file=sys.stderr, flush=True); os._exit(130)
+    _on_sigint.fired = True
+    raise KeyboardInterrupt
 
 def main(argv:list|None=None)->int:
-    "The `petbreeds` command: run a subcommand, turning expected problems into one line on stderr and exit code 2."
-    argv, cmd = (sys.argv[1:] if argv is None else list(argv)), None
+    "The `petbreeds` command: a subcommand; any error one line on stderr, exit 2 (your mistake) or 1 (the machine's)."
+    argv, cmd, _on_sigint.fired = (sys.argv[1:] if argv is None else list(argv)), None, False
+    old = signal.signal(signal.SIGINT, _on_sigint) if _main_thread() else None
     try:
         args = parse_args(argv)
         cmd = args.cmd
@@ -226,10 +247,17 @@ def main(argv:list|None=None)->int:
         print("petbreeds: interrupted", file=sys.stderr)
         raise SystemExit(130)
     except Exception as e:
-        if not _expected(e): raise
-        prog = getattr(e, 'prog', None) or ('petbreeds '+cmd if cmd else 'petbreeds')
-        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        raise SystemExit(2)
+        if os.environ.get('PETBREEDS_TRACEBACK'): raise
+        code, prog = _exit_code(e), getattr(e, 'prog', None) or ('petbreeds '+cmd if cmd else 'petbreeds')
+        kind = '' if code==2 else f"{type(e).__name__}: "   # the machine's troubles and bugs say what they are
+        print(f"{prog}: error: {kind}{' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(code)
+    finally:
+        if old is not None: signal.signal(signal.SIGINT, old)
+
+def _main_thread()->bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 # %% ../nbs/12_cli.ipynb #9aa9c700
 # `python -m petbreeds.cli` (and `torchrun -m petbreeds.cli`); notebooks, nbdev's test and docs kernels have no `__file__`

@@ -173,7 +173,7 @@ def load_pickled(fn, trust_pickle:bool=False)->Learner:
 def load_model(path, trust_pickle:bool=False)->Learner:
     "The classifier in `path` (a run folder, `model.json` or `.pkl`): the safe files by default, a pickle only if trusted."
     p = Path(path).expanduser()
-    if not p.exists(): raise ModelFileError(f"model {str(p)!r} does not exist: train one with `petbreeds train`, which writes model.json in its --out folder")
+    if not p.exists(): raise ModelFileError(f"model file {str(p)!r} does not exist: train one with `petbreeds train`, which writes model.json in its --out folder")
     if p.is_dir():
         if (p/'model.json').exists(): return load_model_files(p)
         if (p/'model.pkl').exists(): return load_pickled(p/'model.pkl', trust_pickle)

@@ -20,8 +20,7 @@ from .distributed import distributed, on_rank0_first
 
 # %% auto #0
 __all__ = ['EpochTimer', 'CPUAutocast', 'PerBreedSplitter', 'choose_split', 'make_splitter', 'fit_recipe', 'train_profile',
-           'check_weights', 'run_folder', 'train_run', 'load_model', 'evaluate_model', 'report_evaluation',
-           'predict_files']
+           'check_weights', 'train_run', 'evaluate_model', 'report_evaluation', 'predict_files']
 
 # %% ../nbs/14_recipes.ipynb #5205c71d
 class EpochTimer(Callback):
@@ -115,12 +114,7 @@ def check_weights(arch:str, pretrained:bool=True):
                        "use --arch efficientnet_lite0 (weights shipped offline) or --no-pretrained")
 
 # %% ../nbs/14_recipes.ipynb #f92d9b29
-def run_folder(out=None)->Path:
-    "The folder for a run's `results.json` and `model.pkl`: `out`, or `runs/<timestamp>`; created if missing."
-    out = Path(out).expanduser() if out else Path('runs')/datetime.now().strftime('%Y%m%d-%H%M%S')
-    if out.exists() and not out.is_dir(): raise DataError(f"{str(out)!r} is a file, not a folder for the run's results")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+from .model_files import run_folder, check_writable, save_model, atomic_path, atomic_write, load_model
 
 # %% ../nbs/14_recipes.ipynb #c1982a4b
 def _train_data(p:Profile, split, seed, workers, rank, world):
@@ -131,7 +125,7 @@ def _train_data(p:Profile, split, seed, workers, rank, world):
     block = pets_block(p)
     block.get_items, block.splitter = None, make_splitter(split, seed)
     set_seed(seed, reproducible=True)
-    n_train = len(block.splitter(files)[0])
+    n_train = len(check_split(files, block.splitter)[0])   # two breeds or more, each in training, a validation set
     if n_train < 2: raise DataError(f"only {n_train} training image(s) in {path}: need at least 2")
     bs = min(p.bs, n_train)
     kw = {} if workers is None else dict(num_workers=workers)
@@ -183,11 +177,12 @@ def _report(res:dict, times:list, n_valid:int):
     print(f"time: {sum(times)/max(len(times), 1):.1f} s per epoch ({len(times)} epochs), {res['seconds']:.0f} s in all")
 
 def _save_run(learn, res:dict, out:Path):
-    "Export the learner without the run's own callbacks, and write the results."
+    "Save the model (safetensors + JSON, and fastai's pickle) and then the results, each file all or nothing."
     learn.remove_cbs(learn.cbs.filter(lambda c: isinstance(c, (EpochTimer, CPUAutocast, BnFreeze))))
-    learn.export(out/'model.pkl')
-    (out/'results.json').write_text(json.dumps(res, indent=2))
-    print(f"wrote {out/'results.json'} and {out/'model.pkl'}")
+    save_model(learn, out, res['arch'], profile=res['profile'], error_rate=res['error_rate'])
+    with atomic_path(out/'model.pkl') as tmp: learn.export(tmp.absolute())
+    atomic_write(out/'results.json', json.dumps(res, indent=2))
+    print(f"wrote {out/'results.json'}, {out/'model.json'} (+ model.safetensors) and {out/'model.pkl'}")
 
 # %% ../nbs/14_recipes.ipynb #fd8a3f85
 def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
@@ -208,6 +203,7 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
     out = run_folder(out) if rank==0 else None
     path, files, split, dls, bs = _train_data(p, split, seed, workers, rank, world)
     learn = _train_learner(p, dls, pretrained, fp16)
+    if rank==0: check_writable(out, need_bytes=8*sum(o.numel() for o in learn.model.parameters())+2**20)  # two copies
     if rank==0: print(_describe_run(p, path, files, dls, split, bs, world, fp16))
     lr = _base_lr(learn, p, lr_find, rank)
     with distributed(learn):
@@ -229,26 +225,6 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
         _save_run(learn, res, out)
     if world>1: teardown_distrib()
     return None if rank else res
-
-# %% ../nbs/14_recipes.ipynb #e529f28c
-def load_model(fname)->Learner:
-    "The learner exported by `petbreeds train` in `fname` (a `model.pkl`, or the run folder holding one), on the CPU."
-    p = Path(fname).expanduser()
-    if p.is_dir() and (p/'model.pkl').exists(): p = p/'model.pkl'
-    if not p.exists():
-        raise DataError(f"model file {str(p)!r} does not exist: train one with `petbreeds train`, "
-                        "which writes model.pkl in its --out folder")
-    if p.is_dir(): raise DataError(f"{str(p)!r} is a folder without a model.pkl")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            learn = load_learner(p, cpu=True)
-    except Exception as e:
-        raise DataError(f"{str(p)!r} is not a model exported by petbreeds train "
-                        f"({type(e).__name__}: {str(e)[:80]})") from None
-    if not isinstance(learn, Learner) or not hasattr(learn.dls, 'vocab'):
-        raise DataError(f"{str(p)!r} is not a petbreeds classifier")
-    return learn
 
 # %% ../nbs/14_recipes.ipynb #20e84f45
 def evaluate_model(learn:Learner, # from `load_model`

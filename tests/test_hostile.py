@@ -136,3 +136,105 @@ def test_split_checked_before_training():
     with pytest.raises(DataError, match='only one breed'): check_split(fs[:2], lambda o: ([0], [1]))
     with pytest.raises(DataError, match='validation set is empty'): check_split(fs, lambda o: ([0, 1, 2], []))
     with pytest.raises(DataError, match='no training images for pug'): check_split(fs, lambda o: ([0, 1], [2]))
+
+# --- the command line: one line, exit 2 for the user's mistakes, 1 for the machine's ---
+def _main(*argv, capsys=None):
+    from petbreeds.cli import main
+    try: code = main([str(a) for a in argv])
+    except SystemExit as e: code = e.code
+    return code
+
+def _one_line(err): return err.strip().count('\n')==0 and 'Traceback' not in err
+
+def test_cli_refuses_crafted_pickle(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('PETBREEDS_PROFILE', 'offline')
+    marker = tmp_path/'marker'; img = tmp_path/'pug_1.jpg'; Image.new('RGB', (32, 32)).save(img)
+    evil = _evil_pickle(tmp_path/'model.pkl', marker)
+    for cmd in (['predict', evil, img], ['evaluate', evil, tmp_path], ['predict', tmp_path, img]):
+        assert _main(*cmd)==2
+        err = capsys.readouterr().err
+        assert _one_line(err) and '--trust-pickle' in err, err
+    assert not marker.exists()
+    with pytest.warns(UserWarning, match='insecure pickle'):                        # fastai's warning, shown
+        assert _main('predict', evil, img, '--trust-pickle')==2 and marker.exists()  # trusted: loaded (and it ran)
+
+def test_cli_refuses_flipped_weights(tiny, tmp_path, capsys):
+    for f in ('model.json', 'model.safetensors'): shutil.copy(tiny['out']/f, tmp_path/f)
+    b = bytearray((tmp_path/'model.safetensors').read_bytes()); b[-200:-136] = bytes(x^1 for x in b[-200:-136])
+    (tmp_path/'model.safetensors').write_bytes(bytes(b))
+    assert _main('predict', tmp_path, tiny['src']/'pug_0.jpg')==2
+    err = capsys.readouterr().err
+    assert _one_line(err) and 'does not match the SHA-256' in err, err
+
+def test_cli_safe_model_predicts_like_the_pickle(tiny, capsys):
+    img = tiny['src']/'pug_0.jpg'
+    assert _main('predict', tiny['out'], img)==0
+    safe = capsys.readouterr().out
+    assert _main('predict', tiny['out']/'model.pkl', img, '--trust-pickle')==0
+    assert capsys.readouterr().out==safe
+
+def test_cli_evaluate_json_stdout_is_only_json(tiny, capsys):
+    assert _main('evaluate', tiny['out'], tiny['src'], '--json', '-')==0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)['n_images']==8            # the whole of stdout parses
+    assert 'error rate:' in cap.err and 'per-breed accuracy' in cap.err
+
+def test_cli_bad_values(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('PETBREEDS_PROFILE', 'offline')
+    (tmp_path/'afile').write_text('x')
+    for argv, msg in [(['train', '--min-scale', '5'], "'5' must be in (0, 1]"), (['train', '--min-scale', '0'], 'must be a positive number'),
+                      (['train', '--out', tmp_path/'afile'], 'is a file, not a folder'),
+                      (['evaluate', tmp_path, tmp_path, '--json', tmp_path/'no'/'ev.json'], 'its folder does not exist')]:
+        assert _main(*argv)==2, argv
+        err = capsys.readouterr().err
+        assert _one_line(err) and msg in err, (msg, err)
+
+def test_cli_read_only_and_full_out(mount, capsys, monkeypatch):
+    "Before any work: a read-only --out is the user's to fix (2), a full disk the machine's (1); one line each."
+    monkeypatch.setenv('PETBREEDS_PROFILE', 'offline')
+    ro = mount(ro=True)
+    assert _main('train', '--out', ro/'run')==2
+    cap = capsys.readouterr()
+    assert _one_line(cap.err) and 'read-only file system' in cap.err and 'images in' not in cap.out
+    full = mount('64k'); _fill(full)
+    assert _main('train', '--out', full)==1
+    cap = capsys.readouterr()
+    assert _one_line(cap.err) and 'No space left on device' in cap.err and 'images in' not in cap.out, cap
+
+def test_cli_machine_errors_exit_1(monkeypatch, capsys):
+    import petbreeds.cli as cli
+    for e in (RuntimeError('CUDA out of memory'), OSError(5, 'Input/output error'), TypeError('a bug')):
+        def boom(args, e=e): raise e
+        monkeypatch.setitem(cli._COMMANDS, 'quiz', boom)
+        assert _main('quiz')==1
+        err = capsys.readouterr().err
+        assert _one_line(err) and err.startswith(f'petbreeds quiz: error: {type(e).__name__}: '), err
+
+def test_cli_one_breed_stops_before_training(tmp_path, capsys, monkeypatch):
+    for i in range(6): Image.new('RGB', (40, 40), (10*i, 50, 90)).save(tmp_path/f'pug_{i}.jpg')
+    monkeypatch.setenv('PETBREEDS_PROFILE', 'offline')
+    assert _main('train', '--data', tmp_path, '--out', tmp_path/'run', '--no-pretrained', '--threads', '1')==2
+    cap = capsys.readouterr()
+    assert _one_line(cap.err) and 'only one breed (pug)' in cap.err, cap.err
+
+def test_ctrl_c_stops_at_once_and_leaves_nothing_complete(tmp_path):
+    "SIGINT during training: exit 130 within seconds, no results.json or model.json (nothing that looks finished)."
+    import signal, time
+    out = tmp_path/'run'
+    env = offline_env(PYTHONUNBUFFERED=1)
+    p = subprocess.Popen([sys.executable, '-m', 'petbreeds.cli', 'train', '--profile', 'offline', '--per-breed', '6', '--epochs', '3',
+                          '--freeze-epochs', '1', '--threads', '1', '--out', str(out)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if ' images in ' in line: break                          # data loaded, training starts
+    time.sleep(3)
+    t0 = time.perf_counter(); p.send_signal(signal.SIGINT)
+    try: rest, _ = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired: p.kill(); pytest.fail('Ctrl-C did not stop the run within 30 s: ' + ''.join(lines))
+    took = time.perf_counter()-t0
+    assert p.returncode==130, ''.join(lines)+rest
+    assert 'petbreeds: interrupted' in rest and 'Traceback' not in rest, rest
+    assert not (out/'results.json').exists() and not (out/'model.json').exists()
+    print(f'stopped {took:.1f} s after SIGINT')
