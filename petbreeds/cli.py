@@ -115,7 +115,7 @@ def _train_recipe_options(t):
     t.add_argument('--threads', type=_int_in(1, 'threads'),
                    help="torch CPU threads per process (default: torch's; 1 is much faster on a busy machine)")
     t.add_argument('--out', metavar='DIR',
-                   help='where to write results.json and model.pkl (default ./runs/<timestamp>)')
+                   help='where to write results.json, model.json + model.safetensors and model.pkl (default: a new runs/<time>-<random>)')
 
 # %% ../nbs/12_cli.ipynb #c2c40806
 _TRUST_HELP = 'MODEL may be a model.pkl: unpickling runs any code it holds, so only for files you trust'

@@ -225,76 +225,93 @@ def _paint(col, m, name, rng):
         layer = layer*(1-streak) + np.array(COLOURS['black'], np.float32)*streak
     col[:] = col*(1-m) + layer*m
 
-def _pattern(pet, col, colours, rng):
-    "Paint the breed's pattern into `col`."
+def _M(f, blur=1.5): return _arr(_mask(f), blur)   # the mask that `f` draws, blurred
+
+def _ticked(pet, col, rng, allm, main, sec, colours):
+    n = rng.normal(0, 1, (_S,_S,1)).astype(np.float32)
+    col *= 1 + .16*n
+    _paint(col, _M(lambda d: d.ellipse([pet.bx-pet.bw*.35, pet.by-pet.bh, pet.bx+pet.bw*.35, pet.by], fill=255), 6)*.4, sec, rng)
+
+def _tabby(pet, col, rng, allm, main, sec, colours):
+    x, y = np.meshgrid(np.arange(_S, dtype=np.float32), np.arange(_S, dtype=np.float32))
+    ph_body = x[...,None]*.32 + 2.5*np.sin(y[...,None]/9) + 2*_smooth_noise(rng, 40)
+    ph_legs = y[...,None]*.35 + 2*_smooth_noise(rng, 40)
+    legs = _M(lambda d: [pet.legs(d), pet.tail(d)], 0)
+    stripes = np.where(legs>.5, np.sin(ph_legs), np.sin(ph_body)) > .35
+    _paint(col, stripes.astype(np.float32)*allm*.85, sec, rng)
+
+def _spots(pet, col, rng, allm, main, sec, colours):
     t, r = pet.t, pet.r
-    M = lambda f, blur=1.5: _arr(_mask(f), blur)
-    allm = M(lambda d: [pet.body(d), pet.legs(d), pet.tail(d), pet.head(d), pet.ears(d), pet.muzzle(d)], 0)
+    sp = Image.new('L', (_S,_S), 0); inner = Image.new('L', (_S,_S), 0)
+    ds, di = ImageDraw.Draw(sp), ImageDraw.Draw(inner)
+    big = t.pattern=='rosettes'
+    for _ in range(rng.integers(22, 34) if not big else rng.integers(13, 20)):
+        x = rng.uniform(pet.bx-pet.bw*1.1, pet.bx+pet.bw*1.1); y = rng.uniform(pet.hy-pet.hry, pet.by+pet.bh+pet.leg)
+        a = r*(rng.uniform(.08, .15) if not big else rng.uniform(.17, .27)); b = a*rng.uniform(.6, 1.0)
+        box = [x-a, y-b, x+a, y+b]
+        if big:
+            ds.ellipse(box, outline=255, width=max(2, int(a*.35)))
+            di.ellipse([x-a*.65, y-b*.65, x+a*.65, y+b*.65], fill=255)
+        else: ds.ellipse(box, fill=255)
+    if big: _paint(col, _arr(inner, 1)*allm*.7, 'brown', rng)
+    _paint(col, _arr(sp, .8)*allm*.9, sec, rng)
+
+def _colorpoint(pet, col, rng, allm, main, sec, colours):
+    pts = _M(lambda d: [pet.ears(d), pet.tail(d), pet.lower_legs(d), pet.face(d)], 5)
+    col *= 1 - .12*_M(pet.body, 12)*np.linspace(0, 1, _S, dtype=np.float32)[:,None,None]  # a darker belly shade
+    _paint(col, pts*.92, sec, rng)
+
+def _bicolour(pet, col, rng, allm, main, sec, colours):
+    r = pet.r
+    patches = Image.new('L', (_S,_S), 0); d = ImageDraw.Draw(patches)
+    for _ in range(rng.integers(1, 4)):
+        x = rng.uniform(pet.bx-pet.bw, pet.bx+pet.bw); y = rng.uniform(pet.by-pet.bh*.6, pet.by+pet.bh)
+        a, b = r*rng.uniform(.4, .9), r*rng.uniform(.35, .8)
+        d.polygon(_blob(x, y, a, b, 2, 0, 14 + int(rng.integers(0, 6))), fill=255)
+    if rng.random() < .5:  # a patch over one eye
+        sx = rng.choice([-1, 1]); x = pet.hx + sx*pet.eye_dx
+        d.ellipse([x-r*.45, pet.eye_y-r*.5, x+r*.45, pet.eye_y+r*.4], fill=255)
+    d.ellipse([pet.bx-pet.bw*.4, pet.by-pet.bh*.85, pet.bx+pet.bw*.4, pet.by+pet.bh*.1], fill=255)  # chest
+    _paint(col, _arr(patches, 2)*allm, sec, rng)
+
+def _tricolour(pet, col, rng, allm, main, sec, colours):
+    third = colours[2]
+    _paint(col, _M(lambda d: [pet.head(d), pet.ears(d), pet.legs(d), pet.muzzle(d)], 2), sec, rng)
+    _paint(col, _M(pet.saddle, 3)*_M(pet.body, 0), main, rng)
+    _paint(col, _M(lambda d: [pet.chest(d), pet.paws(d)], 2), third, rng)
+
+def _tan_points(pet, col, rng, allm, main, sec, colours):
+    _paint(col, _M(lambda d: [pet.brows(d), pet.muzzle(d), pet.lower_legs(d),
+                             d.ellipse([pet.bx-pet.bw*.3, pet.by-pet.bh*.8, pet.bx+pet.bw*.3, pet.by-pet.bh*.2], fill=255)], 2), sec, rng)
+
+def _saddle(pet, col, rng, allm, main, sec, colours):
+    _paint(col, _M(pet.saddle, 3)*_M(lambda d: [pet.body(d), pet.tail(d)], 0), sec, rng)
+
+def _flecked(pet, col, rng, allm, main, sec, colours):
+    r = pet.r
+    fl = Image.new('L', (_S,_S), 0); d = ImageDraw.Draw(fl)
+    for _ in range(rng.integers(120, 220)):
+        x, y, a = rng.uniform(0, _S), rng.uniform(pet.hy, _S), r*rng.uniform(.04, .09)
+        d.ellipse([x-a, y-a, x+a, y+a], fill=255)
+    for _ in range(rng.integers(0, 3)):  # a few larger patches
+        x, y, a = rng.uniform(pet.bx-pet.bw, pet.bx+pet.bw), rng.uniform(pet.by-pet.bh, pet.by+pet.bh), r*rng.uniform(.3, .55)
+        d.ellipse([x-a, y-a*.8, x+a, y+a*.8], fill=255)
+    _paint(col, _arr(fl, .8)*allm*.9, sec, rng)
+    _paint(col, _M(pet.ears, 1), sec, rng)
+
+def _sable(pet, col, rng, allm, main, sec, colours):
+    top = np.clip(1.2 - np.linspace(0, 1.6, _S, dtype=np.float32), 0, 1)[:,None,None]
+    _paint(col, _M(lambda d: [pet.body(d), pet.tail(d)], 6)*top*(.55 + .35*(_smooth_noise(rng, 6, True) > 0)), sec, rng)
+    _paint(col, _M(pet.ears, 1)*.7, sec, rng)
+
+_PATTERNS = dict(ticked=_ticked, tabby=_tabby, spotted=_spots, rosettes=_spots, colorpoint=_colorpoint, bicolour=_bicolour,
+                 tricolour=_tricolour, tan_points=_tan_points, saddle=_saddle, flecked=_flecked, sable=_sable)   # solid: none
+
+def _pattern(pet, col, colours, rng):
+    "Paint the breed's pattern into `col`; return the mask of the whole pet."
+    allm = _M(lambda d: [pet.body(d), pet.legs(d), pet.tail(d), pet.head(d), pet.ears(d), pet.muzzle(d)], 0)
     main = colours[0]; sec = colours[1] if len(colours)>1 else colours[0]
-    if t.pattern=='ticked':
-        n = rng.normal(0, 1, (_S,_S,1)).astype(np.float32)
-        col *= 1 + .16*n
-        _paint(col, M(lambda d: d.ellipse([pet.bx-pet.bw*.35, pet.by-pet.bh, pet.bx+pet.bw*.35, pet.by], fill=255), 6)*.4, sec, rng)
-    elif t.pattern=='tabby':
-        x, y = np.meshgrid(np.arange(_S, dtype=np.float32), np.arange(_S, dtype=np.float32))
-        ph_body = x[...,None]*.32 + 2.5*np.sin(y[...,None]/9) + 2*_smooth_noise(rng, 40)
-        ph_legs = y[...,None]*.35 + 2*_smooth_noise(rng, 40)
-        legs = M(lambda d: [pet.legs(d), pet.tail(d)], 0)
-        stripes = np.where(legs>.5, np.sin(ph_legs), np.sin(ph_body)) > .35
-        _paint(col, stripes.astype(np.float32)*allm*.85, sec, rng)
-    elif t.pattern in ('spotted', 'rosettes'):
-        sp = Image.new('L', (_S,_S), 0); inner = Image.new('L', (_S,_S), 0)
-        ds, di = ImageDraw.Draw(sp), ImageDraw.Draw(inner)
-        big = t.pattern=='rosettes'
-        for _ in range(rng.integers(22, 34) if not big else rng.integers(13, 20)):
-            x = rng.uniform(pet.bx-pet.bw*1.1, pet.bx+pet.bw*1.1); y = rng.uniform(pet.hy-pet.hry, pet.by+pet.bh+pet.leg)
-            a = r*(rng.uniform(.08, .15) if not big else rng.uniform(.17, .27)); b = a*rng.uniform(.6, 1.0)
-            box = [x-a, y-b, x+a, y+b]
-            if big:
-                ds.ellipse(box, outline=255, width=max(2, int(a*.35)))
-                di.ellipse([x-a*.65, y-b*.65, x+a*.65, y+b*.65], fill=255)
-            else: ds.ellipse(box, fill=255)
-        if big: _paint(col, _arr(inner, 1)*allm*.7, 'brown', rng)
-        _paint(col, _arr(sp, .8)*allm*.9, sec, rng)
-    elif t.pattern=='colorpoint':
-        pts = M(lambda d: [pet.ears(d), pet.tail(d), pet.lower_legs(d), pet.face(d)], 5)
-        col *= 1 - .12*M(pet.body, 12)*np.linspace(0, 1, _S, dtype=np.float32)[:,None,None]  # a darker belly shade
-        _paint(col, pts*.92, sec, rng)
-    elif t.pattern=='bicolour':
-        patches = Image.new('L', (_S,_S), 0); d = ImageDraw.Draw(patches)
-        for _ in range(rng.integers(1, 4)):
-            x = rng.uniform(pet.bx-pet.bw, pet.bx+pet.bw); y = rng.uniform(pet.by-pet.bh*.6, pet.by+pet.bh)
-            a, b = r*rng.uniform(.4, .9), r*rng.uniform(.35, .8)
-            d.polygon(_blob(x, y, a, b, 2, 0, 14 + int(rng.integers(0, 6))), fill=255)
-        if rng.random() < .5:  # a patch over one eye
-            sx = rng.choice([-1, 1]); x = pet.hx + sx*pet.eye_dx
-            d.ellipse([x-r*.45, pet.eye_y-r*.5, x+r*.45, pet.eye_y+r*.4], fill=255)
-        d.ellipse([pet.bx-pet.bw*.4, pet.by-pet.bh*.85, pet.bx+pet.bw*.4, pet.by+pet.bh*.1], fill=255)  # chest
-        _paint(col, _arr(patches, 2)*allm, sec, rng)
-    elif t.pattern=='tricolour':
-        third = colours[2]
-        _paint(col, M(lambda d: [pet.head(d), pet.ears(d), pet.legs(d), pet.muzzle(d)], 2), sec, rng)
-        _paint(col, M(pet.saddle, 3)*M(pet.body, 0), main, rng)
-        _paint(col, M(lambda d: [pet.chest(d), pet.paws(d)], 2), third, rng)
-    elif t.pattern=='tan_points':
-        _paint(col, M(lambda d: [pet.brows(d), pet.muzzle(d), pet.lower_legs(d),
-                                 d.ellipse([pet.bx-pet.bw*.3, pet.by-pet.bh*.8, pet.bx+pet.bw*.3, pet.by-pet.bh*.2], fill=255)], 2), sec, rng)
-    elif t.pattern=='saddle':
-        _paint(col, M(pet.saddle, 3)*M(lambda d: [pet.body(d), pet.tail(d)], 0), sec, rng)
-    elif t.pattern=='flecked':
-        fl = Image.new('L', (_S,_S), 0); d = ImageDraw.Draw(fl)
-        for _ in range(rng.integers(120, 220)):
-            x, y, a = rng.uniform(0, _S), rng.uniform(pet.hy, _S), r*rng.uniform(.04, .09)
-            d.ellipse([x-a, y-a, x+a, y+a], fill=255)
-        for _ in range(rng.integers(0, 3)):  # a few larger patches
-            x, y, a = rng.uniform(pet.bx-pet.bw, pet.bx+pet.bw), rng.uniform(pet.by-pet.bh, pet.by+pet.bh), r*rng.uniform(.3, .55)
-            d.ellipse([x-a, y-a*.8, x+a, y+a*.8], fill=255)
-        _paint(col, _arr(fl, .8)*allm*.9, sec, rng)
-        _paint(col, M(pet.ears, 1), sec, rng)
-    elif t.pattern=='sable':
-        top = np.clip(1.2 - np.linspace(0, 1.6, _S, dtype=np.float32), 0, 1)[:,None,None]
-        _paint(col, M(lambda d: [pet.body(d), pet.tail(d)], 6)*top*(.55 + .35*(_smooth_noise(rng, 6, True) > 0)), sec, rng)
-        _paint(col, M(pet.ears, 1)*.7, sec, rng)
+    if pet.t.pattern in _PATTERNS: _PATTERNS[pet.t.pattern](pet, col, rng, allm, main, sec, colours)
     return allm
 
 def _markings(pet, col, rng):
