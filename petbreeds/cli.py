@@ -22,8 +22,7 @@ from .presizing import pets_block, pets_dls
 __all__ = ['FOLDER_RECIPE', 'CliError', 'parse_slice', 'parse_split', 'build_parser', 'parse_args', 'PerBreedSplitter',
            'choose_split', 'make_splitter', 'train_profile', 'train_option', 'EpochTimer', 'CPUAutocast',
            'most_confused_from_preds', 'distributed', 'train', 'load_model', 'evaluate_model', 'evaluate',
-           'predict_files', 'predict', 'bench_pipeline', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput',
-           'bench', 'quiz', 'main']
+           'predict_files', 'predict', 'bench', 'quiz', 'main']
 
 # %% ../nbs/12_cli.ipynb #80029a65
 class CliError(ValueError):
@@ -410,103 +409,11 @@ def predict(args:argparse.Namespace)->int:
     for f,top in res: print(f"{f}: " + ', '.join(f'{b} {p:.3f}' for b,p in top))
     return 1 if bad else 0
 
-# %% ../nbs/12_cli.ipynb #c14d8284
-def _timeit(f, n=1):
-    t0 = time.perf_counter()
-    for _ in range(n): f()
-    return (time.perf_counter()-t0)/n
-
-class _DecodeResize(torch.utils.data.Dataset):
-    "Decode and resize only: the least any image pipeline must do."
-    def __init__(self, files, size): self.files,self.size = files,size
-    def __len__(self): return len(self.files)
-    def __getitem__(self, i):
-        with Image.open(self.files[i]) as im:
-            return torch.from_numpy(np.array(im.convert('RGB').resize((self.size, self.size)))).permute(2,0,1)
-
-def bench_pipeline(dls:DataLoaders, presize:int)->dict:
-    "Images/s through `dls.train` (with augmentation) vs decoding and resizing the same files with the same workers."
-    dl = dls.train
-    n = len(dl)*dl.bs
-    t_fastai = _timeit(lambda: [None for _ in dl])
-    files = list(dls.train_ds.items)
-    plain = torch.utils.data.DataLoader(_DecodeResize(files, presize), batch_size=dl.bs, num_workers=dl.num_workers, shuffle=True, drop_last=True)
-    n_plain = len(plain)*dl.bs
-    t_plain = _timeit(lambda: [None for _ in plain])
-    return dict(workers=dl.num_workers, fastai_items_s=n/t_fastai, decode_resize_items_s=n_plain/t_plain,
-                ratio=(n/t_fastai)/(n_plain/t_plain))
-
-def bench_cross_entropy(n:int=4096, c:int=37, reps:int=50)->dict:
-    "Our `cross_entropy` against `F.cross_entropy`: time ratio (ours/PyTorch's) and largest difference, loss and gradient."
-    try: from petbreeds.losses import cross_entropy
-    except ImportError: return dict(status='n/a: module missing (petbreeds.losses)')
-    torch.manual_seed(0)
-    x, y = torch.randn(n, c)*4, torch.randint(0, c, (n,))
-    t_ours = _timeit(lambda: cross_entropy(x, y), reps)
-    t_torch = _timeit(lambda: F.cross_entropy(x, y), reps)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    cross_entropy(xa, y).backward(); F.cross_entropy(xb, y).backward()
-    return dict(ours_ms=t_ours*1e3, torch_ms=t_torch*1e3, time_ratio=t_ours/t_torch,
-                max_diff=(cross_entropy(x, y, reduction='none')-F.cross_entropy(x, y, reduction='none')).abs().max().item(),
-                max_grad_diff=(xa.grad-xb.grad).abs().max().item())
-
-def bench_lr_find(dls:DataLoaders, arch:str, num_it:int)->dict:
-    "Our learning-rate finder against fastai's `lr_find` on the same learner: time ratio (ours/fastai's) and suggestions."
-    try: from petbreeds.lr_finder import lr_find_compare
-    except ImportError: return dict(status='n/a: module missing (petbreeds.lr_finder)')
-    learn = pets_learner(dls, arch)
-    c = lr_find_compare(learn, num_it=num_it, show_progress=False)
-    return dict(ours_s=c.ours_s, fastai_s=c.fastai_s, time_ratio=c.ours_s/c.fastai_s,
-                ours=c.ours.suggestions(), fastai=c.fastai.suggestions())
-
-def bench_throughput(archs, size:int, bs:int, device:str='cpu', steps:int=3)->list:
-    "Training images/s (forward, backward, optimiser step) per architecture and precision, on random images."
-    res = []
-    half = torch.float16 if device=='cuda' else torch.bfloat16
-    for arch in archs:
-        model = create_vision_model(ARCHS[arch], 37, pretrained=False).to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), 1e-4)
-        x, y = torch.randn(bs, 3, size, size, device=device), torch.randint(0, 37, (bs,), device=device)
-        for prec in ('float32', str(half).split('.')[-1]):
-            ctx = (lambda: torch.autocast(device, dtype=half)) if prec!='float32' else nullcontext
-            def step():
-                with ctx(): loss = F.cross_entropy(model(x).float(), y)
-                loss.backward(); opt.step(); opt.zero_grad()
-                if device=='cuda': torch.cuda.synchronize()
-            step()   # warm up
-            n = steps if prec=='float32' or device=='cuda' else max(1, steps//2)   # bf16 on CPU: measured briefly
-            res.append(dict(arch=arch, precision=prec, images_s=bs/_timeit(step, n)))
-    return res
-
-# %% ../nbs/12_cli.ipynb #0e380e7f
+# %% ../nbs/12_cli.ipynb #2497d8a1
 def bench(args:argparse.Namespace)->int:
-    "`petbreeds bench`: print a table of measured ratios and write them as JSON."
-    if args.threads: torch.set_num_threads(args.threads)
-    p = get_profile(args.profile)
-    set_seed(42, reproducible=True)
-    dls = pets_dls(p)
-    t0, rows, res = time.perf_counter(), [], dict(profile=p.name, device=p.device, arch=p.arch, size=p.size, bs=p.bs)
-    res['pipeline'] = r = bench_pipeline(dls, p.presize)
-    rows.append(('data pipeline (fastai train DL / decode+resize)', f"{r['fastai_items_s']:.0f} vs {r['decode_resize_items_s']:.0f} items/s, {r['workers']} workers", f"{r['ratio']:.2f}"))
-    res['cross_entropy'] = r = bench_cross_entropy()
-    rows.append(('cross_entropy (ours / F.cross_entropy)', r.get('status') or f"{r['ours_ms']:.2f} vs {r['torch_ms']:.2f} ms, max diff {r['max_diff']:.1e}", f"{r['time_ratio']:.2f}" if 'time_ratio' in r else 'n/a'))
-    res['lr_find'] = r = bench_lr_find(dls, p.arch, min(p.lr_find_iters, 20))   # 20 steps: enough for a time ratio
-    rows.append(('lr finder (ours / fastai lr_find)', r.get('status') or f"{r['ours_s']:.1f} vs {r['fastai_s']:.1f} s, valley {r['ours']['valley']:.1e} vs {r['fastai']['valley']:.1e}", f"{r['time_ratio']:.2f}" if 'time_ratio' in r else 'n/a'))
-    archs = list(dict.fromkeys([p.arch, 'resnet18', 'resnet34']))
-    res['throughput'] = tp = bench_throughput(archs, p.size, p.bs, p.device)
-    base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32'}
-    for o in tp:
-        o['ratio_to_float32'] = o['images_s']/base[o['arch']]
-        rows.append((f"training {o['arch']} {o['precision']}", f"{o['images_s']:.0f} images/s at {p.size} px, bs {p.bs}", f"{o['ratio_to_float32']:.2f}"))
-    res['seconds'] = round(time.perf_counter()-t0, 1)
-    w = max(len(a) for a,_,_ in rows)
-    print(f"{'measurement':<{w}}  {'ratio':>6}  details")
-    for a,b,c in rows: print(f"{a:<{w}}  {c:>6}  {b}")
-    print(f"{res['seconds']:.0f} s")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
-        print(f"wrote {args.out}")
+    "`petbreeds bench`: print a table of measured ratios (`petbreeds.bench.run_bench`) and write them as JSON."
+    from petbreeds.bench import run_bench
+    run_bench(args.profile, args.out, args.threads)
     return 0
 
 # %% ../nbs/12_cli.ipynb #6ddfa46e
