@@ -43,6 +43,7 @@ def warm_caches():
 
 def _workers(config): return int(getattr(config, 'workerinput', {}).get('workercount', 0))
 
+@pytest.hookimpl(optionalhook=True)   # a hook of pytest-xdist: fine without it
 def pytest_xdist_auto_num_workers(config):
     "`-n auto`: one worker per core this process may use (xdist's own count can see one core of two hyperthreads)."
     return len(os.sched_getaffinity(0))
