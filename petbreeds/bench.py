@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_bench.ipynb #27908347
 from __future__ import annotations
-import json, time
+import json, shutil, time
 from contextlib import nullcontext
 from pathlib import Path
 from .profiles import get_profile   # first: it quiets torch's deprecation noise in fastai's import
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+import matplotlib.pyplot as plt
 from fastai.vision.all import DataLoaders, create_vision_model, set_seed
 from .presizing import pets_dls
 from .backbone import ARCHS, pets_learner
@@ -19,7 +20,7 @@ from .losses import cross_entropy
 from .lr_finder import lr_find_compare
 
 # %% auto #0
-__all__ = ['bench_pipeline', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'run_bench']
+__all__ = ['bench_pipeline', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'plot_bench', 'run_bench']
 
 # %% ../nbs/16_bench.ipynb #5046e1c5
 def _timeit(f, n=1):
@@ -49,16 +50,32 @@ def bench_pipeline(dls:DataLoaders, presize:int)->dict:
                 ratio=(n/t_fastai)/(n_plain/t_plain))
 
 # %% ../nbs/16_bench.ipynb #19c07e24
-def bench_cross_entropy(n:int=4096, c:int=37, reps:int=50)->dict:
-    "Our `cross_entropy` against `F.cross_entropy`: time ratio (ours/PyTorch's) and largest difference, loss and gradient."
+def _cpu_time(f, n=1):
+    t0 = time.process_time()
+    for _ in range(n): f()
+    return (time.process_time()-t0)/n
+
+def _ratio(f, g, n:int=10, blocks:int=20)->tuple:
+    "Median over `blocks` of (CPU time of `n` calls of `f`)/(of `g`), alternately, on one thread; and the fastest per call of each."
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # CPU time of one thread: what the work costs, however busy the machine is
+    try:
+        f(); g()
+        ts = [(_cpu_time(f, n), _cpu_time(g, n)) for _ in range(blocks)]
+    finally: torch.set_num_threads(threads)
+    return float(np.median([a/b for a,b in ts])), min(a for a,_ in ts), min(b for _,b in ts)
+
+def bench_cross_entropy(n:int=4096, c:int=37, reps:int=10, blocks:int=20)->dict:
+    "Our `cross_entropy` against `F.cross_entropy`, forward and forward+backward: time ratios (ours/PyTorch's), largest differences."
     torch.manual_seed(0)
     x, y = torch.randn(n, c)*4, torch.randint(0, c, (n,))
-    t_ours = _timeit(lambda: cross_entropy(x, y), reps)
-    t_torch = _timeit(lambda: F.cross_entropy(x, y), reps)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ratio, t_ours, t_torch = _ratio(lambda: cross_entropy(x, y), lambda: F.cross_entropy(x, y), reps, blocks)
+    ratio_fb, *_ = _ratio(lambda: cross_entropy(xa, y).backward(), lambda: F.cross_entropy(xb, y).backward(), reps, blocks)
+    xa.grad = xb.grad = None
     cross_entropy(xa, y).backward(); F.cross_entropy(xb, y).backward()
     diff = cross_entropy(x, y, reduction='none')-F.cross_entropy(x, y, reduction='none')
-    return dict(ours_ms=t_ours*1e3, torch_ms=t_torch*1e3, time_ratio=t_ours/t_torch,
+    return dict(ours_ms=t_ours*1e3, torch_ms=t_torch*1e3, time_ratio=ratio, time_ratio_fwd_bwd=ratio_fb,
                 max_diff=diff.abs().max().item(), max_grad_diff=(xa.grad-xb.grad).abs().max().item())
 
 # %% ../nbs/16_bench.ipynb #0cd218fc
@@ -71,7 +88,7 @@ def bench_lr_find(dls:DataLoaders, arch:str, num_it:int)->dict:
 
 # %% ../nbs/16_bench.ipynb #5f276cdf
 def bench_throughput(archs, size:int, bs:int, device:str='cpu', steps:int=3)->list:
-    "Training images/s (forward, backward, optimiser step) per architecture and precision, on random images."
+    "Training images/s (forward, backward, optimiser step) per architecture, precision and memory format, on random images."
     res = []
     half = torch.float16 if device=='cuda' else torch.bfloat16
     for arch in archs:
@@ -80,14 +97,37 @@ def bench_throughput(archs, size:int, bs:int, device:str='cpu', steps:int=3)->li
         x, y = torch.randn(bs, 3, size, size, device=device), torch.randint(0, 37, (bs,), device=device)
         for prec in ('float32', str(half).split('.')[-1]):
             ctx = (lambda: torch.autocast(device, dtype=half)) if prec!='float32' else nullcontext
-            def step():
-                with ctx(): loss = F.cross_entropy(model(x).float(), y)
-                loss.backward(); opt.step(); opt.zero_grad()
-                if device=='cuda': torch.cuda.synchronize()
-            step()   # warm up
-            n = steps if prec=='float32' or device=='cuda' else max(1, steps//2)   # bf16 on CPU: measured briefly
-            res.append(dict(arch=arch, precision=prec, images_s=bs/_timeit(step, n)))
+            for cl in (False, True):
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                model, xf = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+                def step():
+                    with ctx(): loss = F.cross_entropy(model(xf).float(), y)
+                    loss.backward(); opt.step(); opt.zero_grad()
+                    if device=='cuda': torch.cuda.synchronize()
+                step()   # warm up
+                res.append(dict(arch=arch, precision=prec, channels_last=cl, images_s=bs/_timeit(step, steps)))
     return res
+
+# %% ../nbs/16_bench.ipynb #b3a1c0d2
+def plot_bench(res:dict, # what `run_bench` returned (or its JSON, loaded)
+               fname=None, # save the chart here (PNG) when given
+              ):
+    "A horizontal bar chart of `res`'s ratios; returns the figure."
+    bars = [('data pipeline / decode+resize', res['pipeline']['ratio'], 'C0'),
+            ('our cross_entropy / F.cross_entropy', res['cross_entropy']['time_ratio'], 'C1'),
+            ('our lr finder / fastai lr_find', res['lr_find']['time_ratio'], 'C2')]
+    bars += [(f"{o['arch']} {o['precision']}{' channels-last' if o.get('channels_last') else ''} / float32",
+              o['ratio_to_float32'], 'C3') for o in res['throughput']]
+    fig, ax = plt.subplots(figsize=(8, 0.35*len(bars)+1.2))
+    ax.barh(range(len(bars)), [b for _,b,_ in bars], color=[c for _,_,c in bars])
+    ax.set_yticks(range(len(bars)), [a for a,_,_ in bars]); ax.invert_yaxis()
+    ax.axvline(1, color='k', lw=1)
+    for i,(_,b,_) in enumerate(bars): ax.text(b, i, f' {b:.2f}', va='center')
+    ax.set_xlabel('ratio (time ratios: lower is faster; images/s ratios: higher is faster)')
+    ax.set_title(f"petbreeds bench: {res['profile']} profile, {res['device']}")
+    fig.tight_layout()
+    if fname: fig.savefig(fname, dpi=100)
+    return fig
 
 # %% ../nbs/16_bench.ipynb #252f3bf8
 def _rows(res:dict, p)->list:
@@ -100,8 +140,9 @@ def _rows(res:dict, p)->list:
             ('lr finder (ours / fastai lr_find)',
              f"{lr['ours_s']:.1f} vs {lr['fastai_s']:.1f} s, valley {lr['ours']['valley']:.1e} vs {lr['fastai']['valley']:.1e}",
              f"{lr['time_ratio']:.2f}")]
-    return rows + [(f"training {o['arch']} {o['precision']}", f"{o['images_s']:.0f} images/s at {p.size} px, bs {p.bs}",
-                    f"{o['ratio_to_float32']:.2f}") for o in res['throughput']]
+    return rows + [(f"training {o['arch']} {o['precision']}{' channels-last' if o.get('channels_last') else ''}",
+                    f"{o['images_s']:.0f} images/s at {p.size} px, bs {p.bs}", f"{o['ratio_to_float32']:.2f}")
+                   for o in res['throughput']]
 
 def _print_table(rows):
     w = max(len(a) for a,_,_ in rows)
@@ -112,7 +153,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
               out:str|None=None, # write the results as JSON here
               threads:int|None=None, # torch CPU threads (default: torch's)
              )->dict:
-    "Measure the four ratios on `profile`'s data and architecture, print them as a table, and return (and write) them."
+    "Measure the ratios on `profile`'s data and architecture, print them as a table, and return (and write) them."
     if threads: torch.set_num_threads(threads)
     p = get_profile(profile)
     set_seed(42, reproducible=True)
@@ -122,7 +163,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     res['cross_entropy'] = bench_cross_entropy()
     res['lr_find'] = bench_lr_find(dls, p.arch, min(p.lr_find_iters, 20))   # 20 steps: enough for a time ratio
     res['throughput'] = tp = bench_throughput(list(dict.fromkeys([p.arch, 'resnet18', 'resnet34'])), p.size, p.bs, p.device)
-    base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32'}
+    base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32' and not o['channels_last']}
     for o in tp: o['ratio_to_float32'] = o['images_s']/base[o['arch']]
     res['seconds'] = round(time.perf_counter()-t0, 1)
     _print_table(_rows(res, p))
@@ -130,5 +171,6 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=2))
-        print(f"wrote {out}")
+        plot_bench(res, Path(out).with_suffix('.png'))
+        print(f"wrote {out} and {Path(out).with_suffix('.png').name}")
     return res

@@ -31,7 +31,7 @@ def plot_function(f, # function of a tensor, e.g. `torch.sigmoid`
 def _row_max(x:Tensor, dim:int)->Tensor:
     "The max along `dim` (kept), with infinities replaced by 0, as the shift for a stable exp. No gradient: the shift cancels."
     m = x.detach().amax(dim, keepdim=True)
-    return torch.where(m.isfinite(), m, torch.zeros_like(m))
+    return m.nan_to_num(0., posinf=0., neginf=0.)
 
 def softmax(x:Tensor, # activations, classes along `dim`
             dim:int=-1)->Tensor:
@@ -72,8 +72,9 @@ def _check_targets(y, # targets: integer class indices
         raise ValueError(f"Targets must be integer class indices, got {y.dtype} values such as {y.flatten()[:3].tolist()}.")
     if y.ndim!=1: raise ValueError(f"Targets must be a 1-d tensor (one class index per row), got shape {tuple(y.shape)}.")
     if n is not None and len(y)!=n: raise ValueError(f"Got {n} rows of activations but {len(y)} targets.")
-    bad = y[(y<0) | (y>=c)]
-    if len(bad): raise ValueError(f"Target {bad[0].item()} is out of range for {c} classes (targets must be in 0..{c-1}).")
+    if len(y) and not (0 <= y.min().item() and y.max().item() < c):   # two reductions, no copy; look closer only if bad
+        bad = y[(y<0) | (y>=c)][0].item()
+        raise ValueError(f"Target {bad} is out of range for {c} classes (targets must be in 0..{c-1}).")
     return y
 
 def one_hot(y, # targets: integer class indices
@@ -107,7 +108,8 @@ def nll_loss(x:Tensor, # (n, classes): log-probabilities (or, in the book's firs
     "Negative log likelihood: minus `x`'s entry in each row's target column (`-x[range(n), y]`), then reduced."
     x = _check_acts(x, reduction)
     y = _check_targets(y, x.shape[1], x.shape[0])
-    return _reduce(-x[range(len(y)), y], reduction)
+    picked = x.gather(1, y[:,None])[:,0]   # x[range(n), y]: row i, column y[i]
+    return _reduce(-picked, reduction)
 
 # %% ../nbs/03_cross_entropy.ipynb #672604fb
 def logsumexp(x:Tensor, # activations, classes along `dim`

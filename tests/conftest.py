@@ -1,9 +1,14 @@
-import os, subprocess, sys
+"""Shared test helpers, and how the suite runs fast: tests spread over one pytest-xdist worker per core (options in
+pyproject.toml), longest first; the synthetic pets are drawn once, before the workers start; a table of times at the end."""
+import fcntl, json, os, subprocess, sys, time
+from contextlib import contextmanager
 from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = Path(os.environ.get('PETBREEDS_SAMPLE', ROOT.parent/'shared'/'data'/'oxford-pets-sample'/'images'))
+CACHE = ROOT/'.ci-cache'
+TIMES = CACHE/'test-times.json'   # each test's last duration: the next run starts the longest first
 
 def offline_env(**kw):
     "The environment tests run notebooks and commands in: the offline profile unless a test says otherwise."
@@ -17,3 +22,95 @@ def run(cmd, env=None, cwd=ROOT, timeout=900):
     r = subprocess.run(cmd, cwd=cwd, env=env or offline_env(), capture_output=True, text=True, timeout=timeout)
     r.out = r.stdout + r.stderr
     return r
+
+# --- caches built once per run ---------------------------------------------------------------------------------------
+
+@contextmanager
+def file_lock(path:Path):
+    "An exclusive lock on `path` across processes (two workers never build the same cache at once)."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def warm_caches():
+    "Draw the synthetic pets the notebooks and commands use, once, into `PETBREEDS_HOME`; a no-op when they are there."
+    with file_lock(CACHE/'warm.lock'):
+        from petbreeds.synthetic import make_synthetic_pets
+        make_synthetic_pets(per_breed=12, verbose=False)          # the offline profile's set
+        make_synthetic_pets(6, seed=1, verbose=False)              # 10_synthetic's second set
+
+def _workers(config): return int(getattr(config, 'workerinput', {}).get('workercount', 0))
+
+@pytest.hookimpl(optionalhook=True)   # a hook of pytest-xdist: fine without it
+def pytest_xdist_auto_num_workers(config):
+    "`-n auto`: one worker per core this process may use (xdist's own count can see one core of two hyperthreads)."
+    return len(os.sched_getaffinity(0))
+
+def pytest_configure(config):
+    os.environ.setdefault('PETBREEDS_HOME', str(CACHE/'petbreeds'))
+    os.environ.setdefault('FASTAI_HOME', str(CACHE/'fastai'))
+    os.environ.setdefault('MPLBACKEND', 'Agg')
+    n = _workers(config)
+    # workers share the cores: one torch thread each (and their children's), rather than all of them fighting for all cores
+    if n: os.environ.setdefault('OMP_NUM_THREADS', str(max(1, len(os.sched_getaffinity(0))//n)))
+    if not hasattr(config, 'workerinput') and not config.option.collectonly:   # the controller (or a run without xdist)
+        t = time.perf_counter()
+        warm_caches()
+        config._warm_s = time.perf_counter()-t
+
+# --- longest tests first, and a table of times at the end --------------------------------------------------------------
+
+def _module_scoped(item):
+    "Does `item` use a module- or class-scoped fixture (which xdist would otherwise build once per worker)?"
+    defs = getattr(getattr(item, '_fixtureinfo', None), 'name2fixturedefs', {})
+    return any(d.scope in ('module', 'class') for ds in defs.values() for d in ds)
+
+def pytest_collection_modifyitems(config, items):
+    try: times = json.loads(TIMES.read_text())
+    except (OSError, ValueError): times = {}
+    # unknown tests count as slow: notebooks first, then the rest in file order
+    items.sort(key=lambda o: -times.get(o.nodeid, 1000 if 'test_notebooks' in o.nodeid else 500))
+    for o in items:   # a module's expensive fixture is built once: its tests stay together on one worker
+        if _module_scoped(o): o.add_marker(pytest.mark.xdist_group(o.module.__name__))
+
+_durations = {}
+
+def pytest_runtest_logreport(report):
+    "Each test's time: setup (its fixtures), call and teardown together."
+    k = report.nodeid.split('@')[0]   # without xdist's group suffix
+    _durations[k] = _durations.get(k, 0) + report.duration
+
+def _nb_table(durations):
+    "Rows (notebook, offline s, real photos s) from the notebook tests' durations."
+    rows = {}
+    for k,v in durations.items():
+        if '::test_notebook_' not in k or '[' not in k: continue
+        name = k.rsplit('[', 1)[1].rstrip(']')
+        rows.setdefault(name, [None, None])[0 if '::test_notebook_offline' in k else 1] = v
+    return sorted(rows.items())
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, 'workerinput') or not _durations: return
+    tr = terminalreporter
+    rows = _nb_table(_durations)
+    if rows:
+        tr.section('notebook times (s)')
+        fmt = lambda v: '' if v is None else f'{v:.0f}'
+        tr.write_line(f"{'notebook':<22} {'offline':>8} {'real photos':>12}")
+        for name,(a,b) in rows: tr.write_line(f'{name:<22} {fmt(a):>8} {fmt(b):>12}')
+        tr.write_line(f"{'all notebooks':<22} {sum(a or 0 for _,(a,_) in rows):>8.0f} {sum(b or 0 for _,(_,b) in rows):>12.0f}")
+    tr.section('slowest tests (s)')
+    for k,v in sorted(_durations.items(), key=lambda o: -o[1])[:12]: tr.write_line(f'{v:7.1f}  {k}')
+    n = _workers(config) or getattr(config.option, 'numprocesses', None) or 1
+    warm = getattr(config, '_warm_s', 0)
+    start = getattr(tr, '_session_start', None)
+    wall = warm + (start.elapsed().seconds if start is not None else float('nan'))
+    tr.write_line(f'{sum(_durations.values()):.0f} s of tests on {n} worker(s) in {wall:.0f} s, '
+                  f'of which {warm:.0f} s warming the caches ({len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.1f})')
+    try:
+        old = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+        TIMES.parent.mkdir(parents=True, exist_ok=True)
+        TIMES.write_text(json.dumps({**old, **{k: round(v, 1) for k,v in _durations.items()}}, indent=1, sort_keys=True))
+    except (OSError, ValueError): pass
