@@ -201,3 +201,17 @@ def test_browser_answer_reload(server):
     st = Store(server.store)
     assert st.get('q15') == text and st.get('q15.self') == [0] and st.get('q15.1') == {'response': right, 'passed': True}
     print(f'requests blocked (not local): {len(blocked)}', blocked[:3])
+
+
+def test_read_only_location(tmp_path, capsys, monkeypatch):
+    "A location the app cannot write: one message, no traceback, and the app saves to a temporary store instead."
+    import tempfile
+    from petbreeds.quiz_app import _writable_store
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    (tmp_path/'afile').write_text('a file, not a folder')
+    path = _writable_store(tmp_path/'afile'/'answers.sqlite3')
+    err = capsys.readouterr().err
+    assert 'kept in memory' in err and 'For now the quiz saves to' in err and 'Traceback' not in err
+    st = Store(path)
+    st.put('q1', 'saved anyway')
+    assert Store(path).get('q1') == 'saved anyway' and path.parent == tmp_path
