@@ -74,14 +74,13 @@ def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
             page.route('**/*', lambda r: r.continue_() if r.request.url.startswith((base, 'data:', 'blob:')) else r.abort())
             page.goto(f'{base}/lab?token={token}&reset', timeout=300_000)
             page.wait_for_function('window.jupyterapp && window.jupyterapp.started', timeout=300_000)
-            page.evaluate('window.jupyterapp.started')
             for nb in NOTEBOOKS:
-                page.evaluate('p => window.jupyterapp.commands.execute("docmanager:open", {path: p})', nb)
+                page.evaluate('p => { window.jupyterapp.commands.execute("docmanager:open", {path: p}); }', nb)
                 page.locator('.jp-NotebookPanel:visible .jp-Cell').first.wait_for(timeout=300_000)
                 page.wait_for_timeout(5_000)   # past the 2 s autosave interval, and time for a kernel dialog to show
                 if page.locator('.jp-Dialog', has_text='Select Kernel').count(): prompts.append(nb)
                 page.keyboard.press('Escape')
-                page.evaluate('window.jupyterapp.commands.execute("application:close-all")')
+                page.evaluate('() => { window.jupyterapp.commands.execute("application:close-all"); }')
                 page.wait_for_timeout(1_000)
                 if (root/nb).read_bytes() != before[nb]: changed.append(nb)
         finally:
