@@ -1,0 +1,89 @@
+"""Every notebook opens in JupyterLab as a learner opens it: no "Select Kernel" prompt, and the file is not rewritten.
+
+JupyterLab (a dev requirement) serves a copy of `nbs/` on 127.0.0.1 with a token; headless Debian Chromium (driven by
+Playwright for Python, never `playwright install`) opens each notebook, waits past a 2-second autosave interval, closes
+it, and the bytes on disk must be the committed ones. Skipped, with the reason, when Chromium or Playwright is missing.
+"""
+import json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get('PETBREEDS_CHROMIUM', shutil.which('chromium') or '/usr/bin/chromium')
+ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+        '--disable-component-update', '--disable-sync']
+NOTEBOOKS = sorted(p.name for p in (ROOT/'nbs').glob('*.ipynb'))
+
+sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright for Python is not installed: pip install playwright')
+if not Path(CHROMIUM).exists():
+    pytest.skip(f'Chromium not found at {CHROMIUM}: apt-get install -y chromium (or set PETBREEDS_CHROMIUM)',
+                allow_module_level=True)
+pytest.importorskip('jupyterlab', reason='JupyterLab is not installed: pip install jupyterlab')
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def _api(base, token, path, method='GET', body=None):
+    req = urllib.request.Request(f'{base}{path}', method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={'Authorization': f'token {token}', 'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=10) as r: return r.read()
+
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    "JupyterLab serving a copy of nbs/, with its own config and workspace folders; yields (base URL, token, folder)."
+    tmp = tmp_path_factory.mktemp('lab')
+    root = tmp/'nbs'
+    shutil.copytree(ROOT/'nbs', root)
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, 'JUPYTER_CONFIG_DIR': str(tmp/'config'), 'JUPYTERLAB_SETTINGS_DIR': str(tmp/'settings'),
+           'JUPYTERLAB_WORKSPACES_DIR': str(tmp/'workspaces'), 'JUPYTER_RUNTIME_DIR': str(tmp/'runtime')}
+    cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1',
+           f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={root}', '--LabApp.expose_app_in_browser=True',
+           '--ServerApp.port_retries=0', '--allow-root']   # CI containers often run as root
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp/'lab.log', 'w'))
+    base = f'http://127.0.0.1:{port}'
+    try:
+        up, deadline = False, time.monotonic() + 600   # a busy machine can take minutes to import the server
+        while not up and proc.poll() is None and time.monotonic() < deadline:
+            try: _api(base, token, '/api/status'); up = True
+            except OSError: time.sleep(0.5)
+        if not up: pytest.fail(f'JupyterLab did not start:\n{(tmp/"lab.log").read_text()[-2000:]}')
+        # autosave after 2 s instead of 120 s, so that a rewrite on opening would reach the disk within the test
+        _api(base, token, '/lab/api/settings/@jupyterlab/docmanager-extension:plugin', 'PUT',
+             {'raw': json.dumps({'autosave': True, 'autosaveInterval': 2})})
+        yield base, token, root
+    finally:
+        proc.terminate()
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired: proc.kill()
+
+
+def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
+    base, token, root = lab
+    before = {nb: (ROOT/'nbs'/nb).read_bytes() for nb in NOTEBOOKS}
+    prompts, changed = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={'width': 1200, 'height': 900})
+            page.route('**/*', lambda r: r.continue_() if r.request.url.startswith((base, 'data:', 'blob:')) else r.abort())
+            page.goto(f'{base}/lab?token={token}&reset', timeout=300_000)
+            page.wait_for_function('window.jupyterapp && window.jupyterapp.started', timeout=300_000)
+            for nb in NOTEBOOKS:
+                page.evaluate('p => { window.jupyterapp.commands.execute("docmanager:open", {path: p}); }', nb)
+                page.locator('.jp-NotebookPanel:visible .jp-Cell').first.wait_for(timeout=300_000)
+                page.wait_for_timeout(5_000)   # past the 2 s autosave interval, and time for a kernel dialog to show
+                if page.locator('.jp-Dialog', has_text='Select Kernel').count(): prompts.append(nb)
+                page.keyboard.press('Escape')
+                page.evaluate('() => { window.jupyterapp.commands.execute("application:close-all"); }')
+                page.wait_for_timeout(1_000)
+                if (root/nb).read_bytes() != before[nb]: changed.append(nb)
+        finally:
+            browser.close()
+    assert not prompts, f'JupyterLab asked "Select Kernel" for {prompts}: give the notebook a kernelspec (python3)'
+    assert not changed, f'opening in JupyterLab rewrote {changed}: run nbdev_clean (it keeps the kernelspec)'
