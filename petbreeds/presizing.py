@@ -118,7 +118,7 @@ def compare_presizing(img, # a file name, a PIL image or an HxWx3 uint8 array
                       pad_mode:str=PadMode.Zeros,
                       bs:int=16, # batch size for the timings
                       n_timing:int=5, # timed runs (the best is kept)
-                      device=None, # default: the GPU if there is one
+                      device:str|None=None, # default: the GPU if there is one
                       threads:int|None=1, # CPU threads while timing (one is steadier on a busy machine); `None`: torch's default
                      )->pd.DataFrame:
     "SSIM, PSNR and fraction of padded pixels against the full-resolution reference, and timings, for fastai's presizing and the traditional way."
