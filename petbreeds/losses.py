@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 def plot_function(f, # function of a tensor, e.g. `torch.sigmoid`
                   tx:str=None, ty:str=None, title:str=None, # axis labels and title
                   min:float=-2, max:float=2, # range of x
-                  figsize=(6,4), ax=None):
+                  figsize=(6,4), ax:plt.Axes|None=None):
     "Plot `f` over `min..max` (the small helper the book takes from `fastbook`). Returns the axes."
     x = torch.linspace(min, max, 100)
     if ax is None: _,ax = plt.subplots(figsize=figsize)
@@ -43,7 +43,7 @@ def softmax(x:Tensor, # activations, classes along `dim`
 BEARS = ('grizzly', 'black', 'brown')
 BEAR_ACTS = (0.02, -2.49, 1.25)
 
-def bear_table(acts=None, # activations: a dict {class: activation}, or one number per class in `BEARS`; default: the book's
+def bear_table(acts:dict|list|None=None, # a dict {class: activation}, or one number per class in `BEARS`; default: the book's
               )->pd.DataFrame:
     "A table with columns output/activation/exp/softmax showing how softmax turns activations into probabilities."
     if acts is None: acts = dict(zip(BEARS, BEAR_ACTS))

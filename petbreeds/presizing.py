@@ -47,23 +47,28 @@ def fixed_augs(size:int|None=None, # output size; `None` keeps the input size
                warp:float=0.2, # perspective warp, in x and y
                pad_mode:str=PadMode.Zeros, # how pixels from outside the image are filled
               )->list:
-    "fastai's `Warp`, `Rotate` and `Zoom` with fixed amounts, always applied; in this order, one after the other, they equal their composition."
+    "fastai's `Warp`, `Rotate` and `Zoom` with fixed amounts, always applied; in turn they equal their composition."
     kw = dict(p=1., size=size, pad_mode=pad_mode, align_corners=False)
-    return [Warp(draw_x=warp, draw_y=warp, **kw), Rotate(draw=rotate, **kw), Zoom(draw=zoom, draw_x=0.5, draw_y=0.5, **kw)]
+    return [Warp(draw_x=warp, draw_y=warp, **kw), Rotate(draw=rotate, **kw),
+            Zoom(draw=zoom, draw_x=0.5, draw_y=0.5, **kw)]
 
+# %% ../nbs/02_presizing.ipynb #0b33c879
 def _as_pil(img)->PILImage:
     if isinstance(img, (str, Path)):
         if not Path(img).exists(): raise FileNotFoundError(f"Image {str(img)!r} does not exist.")
         try: return PILImage.create(img)
-        except Exception as e: raise DataError(f"Could not open {str(img)!r} as an image: {type(e).__name__}: {e}") from None
+        except Exception as e:
+            raise DataError(f"Could not open {str(img)!r} as an image: {type(e).__name__}: {e}") from None
     try: return PILImage.create(img)
-    except Exception as e: raise TypeError(f"Expected an image file, a PIL image or an HxWx3 array, got {type(img).__name__}: {e}") from None
+    except Exception as e:
+        msg = f"Expected an image file, a PIL image or an HxWx3 array, got {type(img).__name__}: {e}"
+        raise TypeError(msg) from None
 
 def square_tensor(img, # a file name, a PIL image or an HxWx3 uint8 array
                   side:int, # size of the square
                   bs:int=1, # copies in the batch
                  )->TensorImage:
-    "Centre square crop of `img` resized to `side` (fastai's validation `Resize`), as a `bs`×4×`side`×`side` batch in [0,1]; channel 4 is all ones and marks real pixels."
+    "Centre square crop of `img` resized to `side`, as a `bs`×4×`side`×`side` batch in [0,1]; channel 4 marks real pixels."
     t = torch.from_numpy(np.array(Resize(side)(_as_pil(img), split_idx=1))).permute(2,0,1).float()/255
     t = torch.cat([t, torch.ones_like(t[:1])])
     return TensorImage(t[None].expand(bs, -1, -1, -1).contiguous())
@@ -76,12 +81,13 @@ def presizing_views(img, # a file name, a PIL image or an HxWx3 uint8 array
                     pad_mode:str=PadMode.Zeros,
                     bs:int=1, # batch of copies (for timing)
                    )->dict:
-    "The same augmentation of `img` done three ways: `reference` (full resolution, one interpolation, then anti-aliased shrink), `fastai` (presize, one composed interpolation) and `traditional` (resize, then one interpolation per transform)."
+    "The same augmentation of `img` three ways: the `reference`, `fastai`'s presizing and the `traditional` way."
     presize = ifnone(presize, 2*size)
     if presize < size: raise ValueError(f"presize ({presize}) must be at least the final size ({size}).")
     pil = _as_pil(img)
     full = min(pil.size)
-    if full < size: raise ValueError(f"The image is {pil.size[0]}×{pil.size[1]}, smaller than the final size {size}: nothing to compare.")
+    if full < size:
+        raise ValueError(f"The image is {pil.size[0]}×{pil.size[1]}, smaller than the final size {size}: nothing to compare.")
     aug = dict(rotate=rotate, zoom=zoom, warp=warp, pad_mode=pad_mode)
     ref = setup_aug_tfms(fixed_augs(full, **aug))[0](square_tensor(pil, full), split_idx=0)
     ref = F.interpolate(ref, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
@@ -118,10 +124,10 @@ def compare_presizing(img, # a file name, a PIL image or an HxWx3 uint8 array
                       pad_mode:str=PadMode.Zeros,
                       bs:int=16, # batch size for the timings
                       n_timing:int=5, # timed runs (the best is kept)
-                      device=None, # default: the GPU if there is one
-                      threads:int|None=1, # CPU threads while timing (one is steadier on a busy machine); `None`: torch's default
+                      device:str|None=None, # default: the GPU if there is one
+                      threads:int|None=1, # CPU threads while timing (one is steadier); `None`: torch's default
                      )->pd.DataFrame:
-    "SSIM, PSNR and fraction of padded pixels against the full-resolution reference, and timings, for fastai's presizing and the traditional way."
+    "SSIM, PSNR and padded fraction against the full-resolution reference, and timings, for both ways."
     presize = ifnone(presize, 2*size)
     v = presizing_views(img, size, presize, rotate, zoom, warp, pad_mode)
     ref = _np(v['reference'])
@@ -142,7 +148,9 @@ def compare_presizing(img, # a file name, a PIL image or an HxWx3 uint8 array
         x = xb
         for t in steps: x = t(x, split_idx=0)
         return x
-    res['batch_ms'] = [np.nan, _best_ms(lambda: one(xa, split_idx=0), n_timing, cuda, threads), _best_ms(trad, n_timing, cuda, threads)]
-    res['item_ms'] = [np.nan] + [_best_ms(lambda: Resize(s)(pil, split_idx=1), n_timing, False, threads) for s in (presize, size)]
+    res['batch_ms'] = [np.nan, _best_ms(lambda: one(xa, split_idx=0), n_timing, cuda, threads),
+                       _best_ms(trad, n_timing, cuda, threads)]
+    res['item_ms'] = [np.nan] + [_best_ms(lambda: Resize(s)(pil, split_idx=1), n_timing, False, threads)
+                                 for s in (presize, size)]
     res.index.name = f'{size} px'
     return res
