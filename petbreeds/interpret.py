@@ -31,7 +31,7 @@ def breed_species(breed:str)->str:
     "'cat' or 'dog' for a breed name (the data set capitalises cat breeds only)."
     return species_of(f'{breed}_1.jpg')
 
-# %% ../nbs/04_interpretation.ipynb #597434c3
+# %% ../nbs/04_interpretation.ipynb #7573207c
 def confused_pairs(interp:ClassificationInterpretation, # from `ClassificationInterpretation.from_learner`
                    min_val:int|None=None, # at least this many mistakes; default: `choose_min_val(interp)`
                   )->pd.DataFrame:
