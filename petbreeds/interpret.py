@@ -32,6 +32,7 @@ def breed_species(breed:str)->str:
     "'cat' or 'dog' for a breed name (the data set capitalises cat breeds only)."
     return species_of(f'{breed}_1.jpg')
 
+# %% ../nbs/04_interpretation.ipynb #7573207c
 def confused_pairs(interp:ClassificationInterpretation, # from `ClassificationInterpretation.from_learner`
                    min_val:int|None=None, # at least this many mistakes; default: `choose_min_val(interp)`
                   )->pd.DataFrame:
@@ -78,7 +79,7 @@ def plant_label_errors(files, # image files named like `Breed_123.jpg`
 
 # %% ../nbs/04_interpretation.ipynb #3307dc73
 def label_suspects(learn:Learner, # a trained classifier
-                   items=None, # files to score; default: training and validation items
+                   items:list|None=None, # files to score; default: training and validation items
                    k:int|None=None, # how many to return; default: all, highest loss first
                   )->pd.DataFrame:
     "Images sorted by loss, highest first, with their label, the model's prediction and its confidence: the first ones to check for labelling mistakes."
