@@ -244,8 +244,11 @@ def main(argv:list|None=None)->int:
         cmd = args.cmd
         return _COMMANDS[cmd](args)
     except KeyboardInterrupt:
-        print("petbreeds: interrupted", file=sys.stderr)
-        raise SystemExit(130)
+        print("petbreeds: interrupted", file=sys.stderr, flush=True)
+        if old is None: raise SystemExit(130)
+        # at once: no waiting for DataLoader workers or interpreter teardown (seconds to a minute on a busy machine);
+        # every file that matters is written atomically, so nothing half-written is left looking complete
+        sys.stdout.flush(); os._exit(130)
     except Exception as e:
         if os.environ.get('PETBREEDS_TRACEBACK'): raise
         code, prog = _exit_code(e), getattr(e, 'prog', None) or ('petbreeds '+cmd if cmd else 'petbreeds')
