@@ -99,3 +99,26 @@ def test_imports_in_cells_of_their_own():
             if any(isinstance(n, (ast.Import, ast.ImportFrom)) for t in body for n in ast.walk(t)) and not all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body):
                 bad.append(f'{nb.name} cell {i}: {src[:60]!r}')
     assert not bad, '\n'.join(bad)
+
+def test_notebooks_as_a_learner_opens_them():
+    "Each notebook names its kernel (JupyterLab asks for none) and its stored outputs hold no paths of the machine that ran it."
+    local = re.compile(r'(?<![\w.~])/(?:root|tmp|work|home/\w+)/')
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        j = json.loads(nb.read_text())
+        assert j['metadata'].get('kernelspec', {}).get('name')=='python3', f'{nb.name}: no python3 kernelspec'
+        outs = json.dumps([c.get('outputs', []) for c in j['cells']])
+        assert not local.findall(outs), f'{nb.name}: local paths in outputs, e.g. {local.search(outs).group()}'
+
+def _defs(tree):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+def test_code_is_nbdev_sized():
+    "Functions under 50 lines and lines under 160 characters in the library (nbdev's size; issue 9)."
+    long_fns, long_lines = [], []
+    for p in sorted((ROOT/'petbreeds').glob('*.py')):
+        if p.name=='_modidx.py': continue
+        src = p.read_text()
+        long_fns += [f'{p.name}:{n.name} ({n.end_lineno-n.lineno+1} lines)' for n in _defs(ast.parse(src)) if n.end_lineno-n.lineno >= 50]
+        long_lines += [f'{p.name}:{i} ({len(l)} chars)' for i, l in enumerate(src.splitlines(), 1) if len(l) > 160]
+    assert not long_fns, long_fns
+    assert not long_lines, long_lines
