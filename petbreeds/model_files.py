@@ -154,7 +154,9 @@ def load_model_files(path)->Learner:
         raise ModelFileError(f"{str(wfn)!r} does not match the SHA-256 in model.json: the file was changed or damaged; copy or train it again")
     learn = pets_learner(_dls_for(meta), meta['arch'], pretrained=False, loss_func=CrossEntropyLossFlat())
     try: learn.model.load_state_dict(st_load(wfn.read_bytes()), strict=True)
-    except (RuntimeError, ValueError) as e: raise ModelFileError(f"{str(wfn)!r} does not fit a {meta['arch']} for {len(meta['vocab'])} breeds ({str(e)[:80]})") from None
+    except (RuntimeError, ValueError) as e:
+        raise ModelFileError(f"{str(wfn)!r} does not fit a {meta['arch']} for {len(meta['vocab'])} breeds "
+                             f"({str(e)[:80]})") from None
     learn.model.eval()
     return learn
 
@@ -173,7 +175,8 @@ def load_pickled(fn, trust_pickle:bool=False)->Learner:
 def load_model(path, trust_pickle:bool=False)->Learner:
     "The classifier in `path` (a run folder, `model.json` or `.pkl`): the safe files by default, a pickle only if trusted."
     p = Path(path).expanduser()
-    if not p.exists(): raise ModelFileError(f"model file {str(p)!r} does not exist: train one with `petbreeds train`, which writes model.json in its --out folder")
+    if not p.exists(): raise ModelFileError(f"model file {str(p)!r} does not exist: train one with `petbreeds train`, "
+                                            "which writes model.json in its --out folder")
     if p.is_dir():
         if (p/'model.json').exists(): return load_model_files(p)
         if (p/'model.pkl').exists(): return load_pickled(p/'model.pkl', trust_pickle)

@@ -40,7 +40,8 @@ _HEADS = dict(round=(1.0, .92, 2.0, .10), wedge=(.92, .95, 2.0, .45), broad=(1.1
 _SIZES = dict(toy=.62, small=.78, medium=.92, large=1.05, giant=1.2)  # body size relative to the head
 _LEGS = dict(short=.12, normal=.45, long=.75)
 _MUZZLES = dict(flat=(.30, .15), short=(.40, .25), medium=(.40, .38), long=(.36, .56))  # half-axes, in head radii
-_COATS = dict(hairless=(0, .0, 0.), short=(0, .08, .06), medium=(2, .25, .10), wiry=(2, .45, .16), long=(5, .40, .12), fluffy=(9, .55, .12))  # grow px, edge noise, texture
+_COATS = dict(hairless=(0, .0, 0.), short=(0, .08, .06), medium=(2, .25, .10), wiry=(2, .45, .16),   # grow px,
+              long=(5, .40, .12), fluffy=(9, .55, .12))                                           # edge noise, texture
 
 def _blob(cx, cy, rx, ry, p=2.0, taper=0.0, k=60):
     "Points of a superellipse centred on (cx,cy), narrowing downwards by `taper`."
