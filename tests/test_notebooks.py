@@ -15,6 +15,7 @@ def _run_nb(nb:str, env:dict, log:str):
     os.dup2(fd, 1); os.dup2(fd, 2)
     os.environ.clear(); os.environ.update(env)
     os.chdir(ROOT/'nbs')
+    mp.set_start_method('fork', force=True)   # DataLoader workers as under nbdev_test (a forkserver child inherits 'forkserver')
     from nbdev.config import get_config
     from nbdev.test import test_nb
     cfg = get_config()
