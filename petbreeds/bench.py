@@ -152,6 +152,7 @@ def _print_table(rows):
 def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`, else auto)
               out:str|None=None, # write the results as JSON here
               threads:int|None=None, # torch CPU threads (default: torch's)
+              archs:list|None=None, # training throughput of these (default: the profile's, resnet18, resnet34)
              )->dict:
     "Measure the ratios on `profile`'s data and architecture, print them as a table, and return (and write) them."
     if threads: torch.set_num_threads(threads)
@@ -162,7 +163,8 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     res['pipeline'] = bench_pipeline(dls, p.presize)
     res['cross_entropy'] = bench_cross_entropy()
     res['lr_find'] = bench_lr_find(dls, p.arch, min(p.lr_find_iters, 20))   # 20 steps: enough for a time ratio
-    res['throughput'] = tp = bench_throughput(list(dict.fromkeys([p.arch, 'resnet18', 'resnet34'])), p.size, p.bs, p.device)
+    archs = list(dict.fromkeys(archs or [p.arch, 'resnet18', 'resnet34']))
+    res['throughput'] = tp = bench_throughput(archs, p.size, p.bs, p.device)
     base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32' and not o['channels_last']}
     for o in tp: o['ratio_to_float32'] = o['images_s']/base[o['arch']]
     res['seconds'] = round(time.perf_counter()-t0, 1)

@@ -137,6 +137,9 @@ def _other_commands(sub):
     b.add_argument('--profile', choices=PROFILE_NAMES, help=_PROFILE_HELP)
     b.add_argument('--out', metavar='FILE', help='write the results as JSON here')
     b.add_argument('--threads', type=_int_in(1, 'threads'), help="torch CPU threads (default: torch's)")
+    b.add_argument('--arch', choices=ARCH_NAMES, action='append', dest='archs',
+                   help="an architecture to measure training throughput for (repeatable; default: the profile's, "
+                        "resnet18 and resnet34)")
     q = sub.add_parser('quiz', help="the chapter's questionnaire in the browser")
     q.add_argument('--port', type=_int_in(0, 'port', 65535), default=8866,
                    help='port to serve on (localhost; 0: any free one)')
@@ -206,23 +209,21 @@ def predict(args:argparse.Namespace)->int:
 def bench(args:argparse.Namespace)->int:
     "`petbreeds bench`: print a table of measured ratios (`petbreeds.bench.run_bench`) and write them as JSON."
     from petbreeds.bench import run_bench
-    run_bench(args.profile, args.out, args.threads)
+    run_bench(args.profile, args.out, args.threads, args.archs)
     return 0
 
 # %% ../nbs/12_cli.ipynb #fcc3dafe
 def quiz(args:argparse.Namespace)->int:
     "`petbreeds quiz`: serve the questionnaire on localhost."
-    try: from petbreeds.quiz_app import serve_quiz
-    except ModuleNotFoundError as e:
-        if e.name!='petbreeds.quiz_app': raise
-        from petbreeds.quiz import serve_quiz   # where the app lived before it had a module of its own
+    from petbreeds.quiz_app import serve_quiz
     serve_quiz(port=args.port)
     return 0
 
 # %% ../nbs/12_cli.ipynb #810d46a3
 _COMMANDS = dict(train=train, evaluate=evaluate, predict=predict, bench=bench, quiz=quiz)
 _ERRORS = (('petbreeds.profiles', 'ProfileError'), ('petbreeds.data', 'DataError'),
-           ('petbreeds.model_files', 'ModelFileError'), ('petbreeds.download', 'DownloadError'))
+           ('petbreeds.model_files', 'ModelFileError'), ('petbreeds.download', 'DownloadError'),
+           ('petbreeds.quiz_app', 'QuizAppError'), ('petbreeds.quiz_store', 'StoreError'))
 
 def _exit_code(e:Exception)->int:
     "2 for the user's mistakes (an option, a file, a value), 1 for the machine's (disk, memory, device) and for bugs."

@@ -115,6 +115,17 @@ def test_bad_data_and_profile_errors(trained, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e: main(['train'])
     assert e.value.code == 2 and capsys.readouterr().err.startswith("petbreeds train: error: Unknown profile 'fastest'")
 
+def test_quiz_on_a_busy_port(capsys):
+    "`petbreeds quiz --port N` with N taken: one line naming the port, exit code 2, before anything starts."
+    import socket
+    from petbreeds.cli import main
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); s.listen(); port = s.getsockname()[1]
+        with pytest.raises(SystemExit) as e: main(['quiz', '--port', str(port)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1, err
+    assert err.startswith(f'petbreeds quiz: error: Port {port} on 127.0.0.1 is already in use'), err
+
 def test_console_script_one_line_error():
     "The installed `petbreeds` script: a bad option is one line on stderr and exit code 2, in a real process."
     exe = shutil.which('petbreeds')
@@ -125,7 +136,8 @@ def test_console_script_one_line_error():
 
 def test_bench_prints_all_four_ratios(tmp_path):
     "`petbreeds bench` (offline): the data pipeline, loss, lr finder and throughput ratios, printed and written as JSON."
-    r = run(PETBREEDS + ['bench', '--profile', 'offline', '--threads', '2', '--out', str(tmp_path/'bench.json')], timeout=1200)
+    r = run(PETBREEDS + ['bench', '--profile', 'offline', '--threads', '2', '--arch', 'efficientnet_lite0',
+                         '--out', str(tmp_path/'bench.json')], timeout=1200)
     assert r.returncode==0, r.out[-3000:]
     for s in ('data pipeline', 'cross_entropy (ours / F.cross_entropy)', 'lr finder (ours / fastai lr_find)', 'training efficientnet_lite0 float32'):
         assert s in r.stdout, r.stdout
