@@ -39,7 +39,8 @@ def _api(base, token, path, method='GET', body=None):
 
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
-    "JupyterLab serving a copy of nbs/, with its own config and workspace folders; yields (base URL, token, folder)."
+    """JupyterLab started in a copy of the repository (`nbs/` and `settings.ini`), as a learner starts it in a clone, with
+    its own config, data and workspace folders; yields (base URL, token, the copy's nbs/)."""
     tmp = tmp_path_factory.mktemp('lab')
     root = tmp/'nbs'
     shutil.copytree(ROOT/'nbs', root)
@@ -48,12 +49,13 @@ def lab(tmp_path_factory):
     from nbdev.clean import _pre_save_hook_src           # exactly what `nbdev_install_hooks` adds to the config
     (tmp/'config'/'jupyter_server_config.py').write_text(_pre_save_hook_src+'\n')
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, 'JUPYTER_CONFIG_DIR': str(tmp/'config'), 'JUPYTERLAB_SETTINGS_DIR': str(tmp/'settings'),
+    env = {**os.environ, 'JUPYTER_CONFIG_DIR': str(tmp/'config'), 'JUPYTER_DATA_DIR': str(tmp/'data'),
+           'JUPYTERLAB_SETTINGS_DIR': str(tmp/'settings'),
            'JUPYTERLAB_WORKSPACES_DIR': str(tmp/'workspaces'), 'JUPYTER_RUNTIME_DIR': str(tmp/'runtime')}
     cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1',
-           f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={root}', '--LabApp.expose_app_in_browser=True',
+           f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={tmp}', '--LabApp.expose_app_in_browser=True',
            '--ServerApp.port_retries=0', '--allow-root']   # CI containers often run as root
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp/'lab.log', 'w'))
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp/'lab.log', 'w'))
     base = f'http://127.0.0.1:{port}'
     try:
         up, deadline = False, time.monotonic() + 600   # a busy machine can take minutes to import the server
@@ -83,7 +85,7 @@ def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
             page.goto(f'{base}/lab?token={token}&reset', timeout=300_000)
             page.wait_for_function('window.jupyterapp && window.jupyterapp.started', timeout=300_000)
             for nb in NOTEBOOKS:   # all of them open at once (one tab each), as a learner browsing the chapter might
-                page.evaluate('p => { window.jupyterapp.commands.execute("docmanager:open", {path: p}); }', nb)
+                page.evaluate('p => { window.jupyterapp.commands.execute("docmanager:open", {path: p}); }', f'nbs/{nb}')
                 page.locator('.jp-NotebookPanel:visible .jp-Cell').first.wait_for(timeout=300_000)
             page.wait_for_timeout(5_000)   # past the 2 s autosave interval, and time for a kernel dialog to show
             if page.locator('.jp-Dialog', has_text='Select Kernel').count(): prompts.append('a notebook')
@@ -94,4 +96,6 @@ def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
         finally:
             browser.close()
     assert not prompts, 'JupyterLab asked "Select Kernel": give every notebook a kernelspec (python3)'
+    hook_errors = [l for l in (root.parent/'lab.log').read_text().splitlines() if 'hook' in l and 'failed' in l]
+    assert not hook_errors, hook_errors[:3]
     assert not changed, f'opening in JupyterLab (with nbdev\'s Jupyter hook) rewrote {len(changed)} notebooks: {changed[:3]}'

@@ -30,6 +30,14 @@ def test_notebooks_are_clean(copy):
     assert r.returncode==0, r.out
     assert not _changed(copy), f'nbdev_clean changes {_changed(copy)}: run nbdev_clean (or install the hooks) and commit'
 
+def test_notebooks_are_as_jupyter_writes_them():
+    "nbformat's own form (sources and outputs as lists of lines): what JupyterLab writes, so saving never rewrites them."
+    import nbformat
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        b = nb.read_text(encoding='utf-8')
+        assert nbformat.writes(nbformat.reads(b, as_version=4)).rstrip('\n') == b.rstrip('\n'), (
+            f'{nb.name}: not in nbformat\'s form; fix with nbformat.write(nbformat.read(nb, 4), nb), then nbdev_clean')
+
 def test_readme_matches_index():
     r = run([sys.executable, '.ci/readme.py', '--check'])
     assert r.returncode==0, r.out
