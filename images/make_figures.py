@@ -2,7 +2,7 @@
 """Draw the project's figures from its own code: `python images/make_figures.py` (offline, about a minute on a CPU).
 
 Each figure is written to `images/` (README, GitHub) and copied to `nbs/images/` (the notebooks and the docs site,
-which Quarto renders from `nbs/`). images/quiz_app.png and images/bench.png are made by the tests and the benchmark."""
+which Quarto renders from `nbs/`). images/quiz_app.png is made by the browser test when PETBREEDS_UPDATE_FIGURES=1, images/bench.png by the benchmark."""
 import shutil, sys
 from pathlib import Path
 import matplotlib

@@ -41,6 +41,18 @@ def warm_caches():
         make_synthetic_pets(per_breed=12, verbose=False)          # the offline profile's set
         make_synthetic_pets(6, seed=1, verbose=False)              # 10_synthetic's second set
 
+def _git_status():
+    "What `git status` says of the checkout (None outside git): a test run must leave it as it found it."
+    try: return subprocess.run(['git', 'status', '--porcelain'], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError): return None
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, '_git_status', None)
+    if before is None or (after := _git_status()) is None or after == before: return
+    changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
+    print(f'\nThe test run changed the checkout (tests must write to temporary folders): {changed[:5]}')
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 def _workers(config): return int(getattr(config, 'workerinput', {}).get('workercount', 0))
 
 @pytest.hookimpl(optionalhook=True)   # a hook of pytest-xdist: fine without it
@@ -56,6 +68,7 @@ def pytest_configure(config):
     # workers share the cores: one torch thread each (and their children's), rather than all of them fighting for all cores
     if n: os.environ.setdefault('OMP_NUM_THREADS', str(max(1, len(os.sched_getaffinity(0))//n)))
     if not hasattr(config, 'workerinput') and not config.option.collectonly:   # the controller (or a run without xdist)
+        config._git_status = _git_status()
         t = time.perf_counter()
         warm_caches()
         config._warm_s = time.perf_counter()-t

@@ -155,7 +155,7 @@ def _only_local(page, base, blocked):
     page.route('**/*', route)
 
 
-def test_browser_answer_reload(server):
+def test_browser_answer_reload(server, tmp_path):
     sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright for Python is not installed: pip install playwright')
     if not Path(CHROMIUM).exists(): pytest.skip(f'Chromium not found at {CHROMIUM}: apt-get install -y chromium (or set PETBREEDS_CHROMIUM)')
     from petbreeds.quiz import get_question
@@ -184,9 +184,10 @@ def test_browser_answer_reload(server):
             sync_api.expect(summary).to_contain_text('1 of', timeout=30_000)
             sync_api.expect(summary).to_contain_text('rubric points ticked', timeout=30_000)
             assert 'Self-assessed' in summary.inner_text() and 'Machine-checked' in summary.inner_text()
-            (ROOT/'images').mkdir(exist_ok=True)
             page.locator('.quiz-q15').scroll_into_view_if_needed()
-            page.screenshot(path=str(ROOT/'images'/'quiz_app.png'))
+            # README's figure: written only when asked (PETBREEDS_UPDATE_FIGURES=1); a test run never changes the repo
+            shots = os.environ.get('PETBREEDS_UPDATE_FIGURES') == '1'
+            page.screenshot(path=str(ROOT/'images'/'quiz_app.png' if shots else tmp_path/'quiz_app.png'))
             # a reload starts a new kernel, which reads everything back
             page.reload(timeout=180_000)
             box = page.locator('.quiz-q15 textarea')
