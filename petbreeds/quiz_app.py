@@ -51,6 +51,9 @@ def _watch_parent(parent:int):
 
 def voila_main(parent:str, *argv):
     "Run Voilà with `argv`, refusing non-local Host headers, and stopping when process `parent` ends."
+    # jsonschema's optional "iri" format check builds a grammar when imported (2.5 s, half of the app's start here);
+    # the Jupyter event schemas Voilà validates never use that format, and without the module jsonschema skips it
+    sys.modules.setdefault('rfc3987_syntax', None)
     from voila.app import Voila
     class LocalVoila(Voila):
         def init_settings(self):
