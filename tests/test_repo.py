@@ -130,3 +130,34 @@ def test_code_is_nbdev_sized():
         long_lines += [f'{p.name}:{i} ({len(l)} chars)' for i, l in enumerate(src.splitlines(), 1) if len(l) > 160]
     assert not long_fns, long_fns
     assert not long_lines, long_lines
+
+def test_readme_links_badges_and_licence():
+    "README works on GitHub and on the site: its links reach files and pages that exist, it shows the docs site and the CI and docs badges, and the licence is Apache-2.0."
+    readme = (ROOT/'README.md').read_text()
+    links = re.findall(r'\]\(([^)\s]+)\)', readme)
+    repo, site = 'https://github.com/petbreeds/petbreeds/', 'https://petbreeds.github.io/petbreeds/'
+    pages = {re.sub(r'^\d+_', '', p.stem) for p in (ROOT/'nbs').glob('*.ipynb')}
+    for l in links:
+        if l.startswith(repo+'blob/main/') or l.startswith(repo+'tree/main/'):
+            assert (ROOT/l.split('/main/', 1)[1].split('#')[0]).exists(), l
+        elif l.startswith(repo+'actions/workflows/'):
+            assert (ROOT/'.github'/'workflows'/l[len(repo+'actions/workflows/'):].split('/')[0]).exists(), l
+        elif l.startswith(site) and l.endswith('.html'): assert l[len(site):-5] in pages, l
+        elif not re.match(r'[a-z]+:', l) and not l.startswith('#'): assert (ROOT/l.split('#')[0]).exists(), l
+    assert site in readme and 'badge.svg' in readme
+    licence = (ROOT/'LICENSE').read_text()
+    assert 'Apache License' in licence and 'Version 2.0' in licence
+
+def test_licence_and_data_files_in_sdist_and_wheel(tmp_path):
+    "What `pip install` and PyPI get: the sdist and the wheel carry LICENSE, the questions and the traits table."
+    import tarfile, zipfile
+    src = tmp_path/'src'
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns('.git', '.venv', '.ci-cache', '_proc', '_docs', 'build', '*.egg-info'))
+    r = run([sys.executable, 'setup.py', '-q', 'sdist', '-d', str(tmp_path/'dist'), 'bdist_wheel', '-d', str(tmp_path/'dist')], cwd=src, timeout=600)
+    assert r.returncode==0, r.out[-3000:]
+    sdist, = (tmp_path/'dist').glob('*.tar.gz'); wheel, = (tmp_path/'dist').glob('*.whl')
+    in_sdist = {n.split('/', 1)[1] for n in tarfile.open(sdist).getnames() if '/' in n}
+    in_wheel = zipfile.ZipFile(wheel).namelist()
+    assert {'LICENSE', 'petbreeds/questions.yaml', 'petbreeds/traits.csv'} <= in_sdist, sorted(in_sdist)[:20]
+    assert any(n.endswith('LICENSE') for n in in_wheel), in_wheel
+    assert {'petbreeds/questions.yaml', 'petbreeds/traits.csv'} <= set(in_wheel), in_wheel
