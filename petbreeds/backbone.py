@@ -7,9 +7,7 @@ __all__ = ['LITE0_STATS', 'ARCHS', 'lite0_state_dict', 'efficientnet_lite0', 'im
            'pets_learner']
 
 # %% ../nbs/11_backbone.ipynb #57aeeaaf
-import warnings
-# fastai's import trips torch's deprecation of `torch.jit.script`: fastai's to fix, only noise here (as in `petbreeds.profiles`)
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+from .profiles import PROFILES   # first: importing it quiets the torch.jit.script deprecation fastai's import trips
 import torch
 from torch import nn
 import timm

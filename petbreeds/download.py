@@ -6,9 +6,7 @@
 __all__ = ['DownloadError', 'UnsafeArchive', 'check_member', 'safe_extract', 'known_checks', 'download_file', 'get_dataset']
 
 # %% ../nbs/17_downloads.ipynb #0c7d13a4
-import warnings
-# fastai's import trips torch's deprecation of `torch.jit.script`: fastai's to fix, only noise here (as in `petbreeds.profiles`)
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+from .profiles import PROFILES   # first: importing it quiets the torch.jit.script deprecation fastai's import trips
 import os, re, gzip, http, lzma, zlib, copy, shutil, tarfile, tempfile, contextlib, urllib.parse
 from pathlib import Path
 import requests

@@ -7,9 +7,7 @@ __all__ = ['MODEL_FORMAT', 'ModelFileError', 'atomic_path', 'atomic_write', 'che
            'sha256_file', 'load_model_files', 'load_pickled', 'load_model']
 
 # %% ../nbs/18_model_files.ipynb #3c7d7a8c
-import warnings
-# fastai's import trips torch's deprecation of `torch.jit.script`: fastai's to fix, only noise here (as in `petbreeds.profiles`)
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+from .profiles import PROFILES   # first: importing it quiets the torch.jit.script deprecation fastai's import trips
 import os, io, errno, json, time, hashlib, tempfile, contextlib, warnings, shutil, secrets
 from datetime import datetime
 from pathlib import Path
