@@ -7,6 +7,7 @@ __all__ = ['BEARS', 'BEAR_ACTS', 'REDUCTIONS', 'plot_function', 'softmax', 'bear
            'log_softmax', 'cross_entropy']
 
 # %% ../nbs/03_cross_entropy.ipynb #6e3ea326
+import math
 import pandas as pd
 import torch
 from torch import Tensor
@@ -72,7 +73,7 @@ def _check_targets(y, # targets: integer class indices
         raise ValueError(f"Targets must be integer class indices, got {y.dtype} values such as {y.flatten()[:3].tolist()}.")
     if y.ndim!=1: raise ValueError(f"Targets must be a 1-d tensor (one class index per row), got shape {tuple(y.shape)}.")
     if n is not None and len(y)!=n: raise ValueError(f"Got {n} rows of activations but {len(y)} targets.")
-    if len(y) and not (0 <= y.min().item() and y.max().item() < c):   # two reductions, no copy; look closer only if bad
+    if len(y) and not (0 <= (r := torch.aminmax(y)).min.item() and r.max.item() < c):   # one pass, no copy; look closer if bad
         bad = y[(y<0) | (y>=c)][0].item()
         raise ValueError(f"Target {bad} is out of range for {c} classes (targets must be in 0..{c-1}).")
     return y
@@ -109,21 +110,32 @@ def nll_loss(x:Tensor, # (n, classes): log-probabilities (or, in the book's firs
     x = _check_acts(x, reduction)
     y = _check_targets(y, x.shape[1], x.shape[0])
     picked = x.gather(1, y[:,None])[:,0]   # x[range(n), y]: row i, column y[i]
-    return _reduce(-picked, reduction)
+    return -_reduce(picked, reduction)   # (negating after 'mean' or 'sum' negates one number, not n)
 
 # %% ../nbs/03_cross_entropy.ipynb #672604fb
+def _safe_sums(s:Tensor)->bool:
+    "Is every sum of exponentials in `s` a safe float: finite, and far enough above the smallest normal one that no lost term counts?"
+    if not s.numel(): return True
+    r, fi = torch.aminmax(s.detach()), torch.finfo(s.dtype)
+    return fi.tiny/fi.eps < r.min.item() and r.max.item() < math.inf
+
 def logsumexp(x:Tensor, # activations, classes along `dim`
               dim:int=-1, keepdim:bool=False)->Tensor:
-    "`log(exp(x).sum(dim))`, computed as `m + log(exp(x-m).sum())` with `m` the max, so it neither overflows nor underflows."
-    m = _row_max(x, dim)
-    r = m + (x-m).exp().sum(dim, keepdim=True).log()
+    "`log(exp(x).sum(dim))`; when that sum is not a safe float, `m + log(exp(x-m).sum())` with `m` the max: never overflows."
+    s = x.exp().sum(dim, keepdim=True)
+    if _safe_sums(s): r = s.log()
+    else:
+        m = _row_max(x, dim)
+        r = m + (x-m).exp().sum(dim, keepdim=True).log()
     return r if keepdim else r.squeeze(dim)
 
 # %% ../nbs/03_cross_entropy.ipynb #0d886883
 def log_softmax(x:Tensor, # activations, classes along `dim`
                 dim:int=-1)->Tensor:
     "`log(softmax(x))` without ever computing softmax: `x - logsumexp(x)`, finite even for activations of ±1000."
-    s = x - _row_max(x, dim)
+    s = x.exp().sum(dim, keepdim=True)
+    if _safe_sums(s): return x - s.log()
+    s = x - _row_max(x, dim)   # shift first: the big numbers cancel exactly
     return s - s.exp().sum(dim, keepdim=True).log()
 
 # %% ../nbs/03_cross_entropy.ipynb #b2851b87
