@@ -102,8 +102,9 @@ def _train_recipe_options(t):
     lr.add_argument('--lr', type=parse_slice,
                     help='learning rate (fine_tune: base_lr, default 2e-3; manual: the frozen phase, 3e-3)')
     lr.add_argument('--lr-find', action='store_true', help='use the valley suggestion of lr_find as --lr')
-    t.add_argument('--recipe', choices=['fine_tune','manual'],
-                   help='fine_tune (default), or manual: freeze, fit_one_cycle, unfreeze, fit_one_cycle with --lr-max')
+    t.add_argument('--recipe', choices=['fine_tune','manual','ncm'],
+                   help='fine_tune (the default, with --data on a CPU: ncm), manual: freeze, fit_one_cycle, unfreeze, '
+                   'fit_one_cycle with --lr-max, or ncm: frozen body, nearest-class-mean head (no epochs)')
     t.add_argument('--lr-max', type=parse_slice, default=slice(1e-6,1e-4), metavar='LO:HI',
                    help="discriminative learning rates of the manual recipe's unfrozen phase (default 1e-6:1e-4)")
     flag = argparse.BooleanOptionalAction

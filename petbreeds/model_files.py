@@ -143,6 +143,8 @@ def _dls_for(meta:dict, bs:int=64)->DataLoaders:
         one = Path(d)/f"{meta['vocab'][0]}_1.png"; Image.new('RGB', (1, 1)).save(one)
         return block.dataloaders([one], bs=bs, device='cpu')
 
+_HEAD_KEYS = {'concat_pool', 'lin_ftrs', 'ps', 'first_bn', 'bn_final', 'lin_first'}   # `vision_learner`'s head options
+
 def load_model_files(path)->Learner:
     "The classifier saved by `save_model` in `path` (its folder or `model.json`), on the CPU, its weights checked by SHA-256."
     path = Path(path).expanduser()
@@ -153,7 +155,10 @@ def load_model_files(path)->Learner:
     if not wfn.exists(): raise ModelFileError(f"{str(wfn)!r} (the weights model.json names) does not exist")
     if sha256_file(wfn)!=meta['sha256']:
         raise ModelFileError(f"{str(wfn)!r} does not match the SHA-256 in model.json: the file was changed or damaged; copy or train it again")
-    learn = pets_learner(_dls_for(meta), meta['arch'], pretrained=False, loss_func=CrossEntropyLossFlat())
+    head = meta.get('head') or {}
+    if not isinstance(head, dict) or not set(head) <= _HEAD_KEYS:
+        raise ModelFileError(f"{str(fn)!r} has a head this version cannot build: {str(head)[:80]}")
+    learn = pets_learner(_dls_for(meta), meta['arch'], pretrained=False, loss_func=CrossEntropyLossFlat(), **head)
     try: learn.model.load_state_dict(st_load(wfn.read_bytes()), strict=True)
     except (RuntimeError, ValueError) as e:
         raise ModelFileError(f"{str(wfn)!r} does not fit a {meta['arch']} for {len(meta['vocab'])} breeds "

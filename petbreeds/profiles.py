@@ -54,7 +54,8 @@ class Profile:
     freeze_epochs:int=1   # `fine_tune(..., freeze_epochs=)`
     lr_find_iters:int=100 # mini-batches an `lr_find` may use
     min_scale:float=0.75  # `aug_transforms(min_scale=)`
-    recipe:str='fine_tune' # 'fine_tune' (the book's) or 'manual' (freeze, fit_one_cycle, unfreeze, fit_one_cycle)
+    recipe:str='fine_tune' # 'fine_tune' (the book's), 'manual' (freeze, fit_one_cycle, unfreeze, fit_one_cycle)
+                          # or 'ncm' (frozen body, nearest-class-mean head: the few-shot recipe)
     lr:float|None=None    # the recipe's base rate (`None`: 2e-3 for fine_tune, 3e-3 for manual)
     train_bn:bool=True    # train the frozen body's BatchNorm layers (fastai's default); `False` adds `BnFreeze`
     tta:bool=False        # report the error rate with test-time augmentation
@@ -86,8 +87,8 @@ PROFILES = dict(
 )
 
 # %% ../nbs/09_profiles.ipynb #3df34b12
-FEW_SHOT = dict(presize=320, size=224, bs=8, per_breed=None, freeze_epochs=8, epochs=0, min_scale=0.75,
-                recipe='manual', lr=2e-3, train_bn=False, tta=True, label_smoothing=False)
+FEW_SHOT = dict(presize=288, size=288, bs=16, per_breed=None, freeze_epochs=8, epochs=0, min_scale=0.75,
+                recipe='ncm', lr=2e-3, train_bn=False, tta=False, label_smoothing=False)
 
 # %% ../nbs/09_profiles.ipynb #a030110d
 PETS_URL_VAR = 'PETBREEDS_PETS_URL'   # override of `URLs.PETS`, e.g. a local mirror
