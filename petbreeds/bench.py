@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_bench.ipynb #27908347
 from __future__ import annotations
-import json, shutil, time
+import json, os, shutil, time
 from contextlib import nullcontext
 from pathlib import Path
 from .profiles import get_profile   # first: it quiets torch's deprecation noise in fastai's import
@@ -20,7 +20,8 @@ from .losses import cross_entropy
 from .lr_finder import lr_find_compare
 
 # %% auto #0
-__all__ = ['bench_pipeline', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'plot_bench', 'run_bench']
+__all__ = ['bench_pipeline', 'bench_workers', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'plot_bench',
+           'run_bench']
 
 # %% ../nbs/16_bench.ipynb #5046e1c5
 def _timeit(f, n=1):
@@ -48,6 +49,15 @@ def bench_pipeline(dls:DataLoaders, presize:int)->dict:
     t_plain = _timeit(lambda: [None for _ in plain])
     return dict(workers=dl.num_workers, fastai_items_s=n/t_fastai, decode_resize_items_s=n_plain/t_plain,
                 ratio=(n/t_fastai)/(n_plain/t_plain))
+
+# %% ../nbs/16_bench.ipynb #0d71784e
+def bench_workers(dls:DataLoaders, workers=(0, 1, 2))->list:
+    "Items/s through `dls.train` (with augmentation) with each number of DataLoader worker processes in `workers`."
+    dl, res = dls.train, []
+    for w in workers:
+        d = dl.new(num_workers=w)
+        res.append(dict(workers=w, items_s=len(d)*d.bs/_timeit(lambda: [None for _ in d])))
+    return res
 
 # %% ../nbs/16_bench.ipynb #19c07e24
 def _cpu_time(f, n=1):
@@ -87,26 +97,44 @@ def bench_lr_find(dls:DataLoaders, arch:str, num_it:int)->dict:
                 ours=c.ours.suggestions(), fastai=c.fastai.suggestions())
 
 # %% ../nbs/16_bench.ipynb #5f276cdf
-def bench_throughput(archs, size:int, bs:int, device:str='cpu', steps:int=3)->list:
-    "Training images/s (forward, backward, optimiser step) per architecture, precision and memory format, on random images."
-    res = []
+def _timeit_for(f, steps:int, budget:float)->float:
+    "Seconds per call of `f`: `steps` calls, or fewer once `budget` seconds have passed (at least one)."
+    t0, n = time.perf_counter(), 0
+    while n < steps and (n==0 or time.perf_counter()-t0 < budget): f(); n += 1
+    return (time.perf_counter()-t0)/n
+
+def bench_throughput(archs, size:int, bs:int, device:str='cpu', steps:int=3,
+                     budget:float=3.0, # seconds each setting may take after its warm-up step (a slow one gets fewer steps)
+                    )->list:
+    "Training images/s (forward, backward, optimiser step) per architecture, precision, memory format and CPU threads."
+    res, n_threads = [], torch.get_num_threads()
     half = torch.float16 if device=='cuda' else torch.bfloat16
+    settings = [(p, cl, n_threads) for p in ('float32', str(half).split('.')[-1]) for cl in (False, True)]
+    if device=='cpu' and n_threads > 1: settings.append(('float32', False, 1))
     for arch in archs:
         model = create_vision_model(ARCHS[arch], 37, pretrained=False).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), 1e-4)
         x, y = torch.randn(bs, 3, size, size, device=device), torch.randint(0, 37, (bs,), device=device)
-        for prec in ('float32', str(half).split('.')[-1]):
+        for prec, cl, threads in settings:
             ctx = (lambda: torch.autocast(device, dtype=half)) if prec!='float32' else nullcontext
-            for cl in (False, True):
-                fmt = torch.channels_last if cl else torch.contiguous_format
-                model, xf = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-                def step():
-                    with ctx(): loss = F.cross_entropy(model(xf).float(), y)
-                    loss.backward(); opt.step(); opt.zero_grad()
-                    if device=='cuda': torch.cuda.synchronize()
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            model, xf = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+            def step():
+                with ctx(): loss = F.cross_entropy(model(xf).float(), y)
+                loss.backward(); opt.step(); opt.zero_grad()
+                if device=='cuda': torch.cuda.synchronize()
+            torch.set_num_threads(threads)
+            try:
                 step()   # warm up
-                res.append(dict(arch=arch, precision=prec, channels_last=cl, images_s=bs/_timeit(step, steps)))
+                res.append(dict(arch=arch, precision=prec, channels_last=cl, threads=threads,
+                                images_s=bs/_timeit_for(step, steps, budget)))
+            finally: torch.set_num_threads(n_threads)
     return res
+
+def _setting(o:dict)->str:
+    "How a throughput row was measured, in words: arch, precision, memory format, threads when not the default."
+    return (f"{o['arch']} {o['precision']}{' channels-last' if o.get('channels_last') else ''}"
+            f"{', 1 thread' if o.get('threads')==1 else ''}")
 
 # %% ../nbs/16_bench.ipynb #b3a1c0d2
 def plot_bench(res:dict, # what `run_bench` returned (or its JSON, loaded)
@@ -116,8 +144,10 @@ def plot_bench(res:dict, # what `run_bench` returned (or its JSON, loaded)
     bars = [('data pipeline / decode+resize', res['pipeline']['ratio'], 'C0'),
             ('our cross_entropy / F.cross_entropy', res['cross_entropy']['time_ratio'], 'C1'),
             ('our lr finder / fastai lr_find', res['lr_find']['time_ratio'], 'C2')]
-    bars += [(f"{o['arch']} {o['precision']}{' channels-last' if o.get('channels_last') else ''} / float32",
-              o['ratio_to_float32'], 'C3') for o in res['throughput']]
+    base = res.get('workers', [{}])[0].get('items_s')
+    bars += [(f"data pipeline {o['workers']} workers / 0 workers", o['items_s']/base, 'C4') for o in res.get('workers', [])[1:]]
+    bars += [(f"{_setting(o)} / float32", o['ratio_to_float32'], 'C3') for o in res['throughput']
+             if (o['precision'], o.get('channels_last'), o.get('threads')) != ('float32', False, res.get('threads'))]
     fig, ax = plt.subplots(figsize=(8, 0.35*len(bars)+1.2))
     ax.barh(range(len(bars)), [b for _,b,_ in bars], color=[c for _,_,c in bars])
     ax.set_yticks(range(len(bars)), [a for a,_,_ in bars]); ax.invert_yaxis()
@@ -140,9 +170,11 @@ def _rows(res:dict, p)->list:
             ('lr finder (ours / fastai lr_find)',
              f"{lr['ours_s']:.1f} vs {lr['fastai_s']:.1f} s, valley {lr['ours']['valley']:.1e} vs {lr['fastai']['valley']:.1e}",
              f"{lr['time_ratio']:.2f}")]
-    return rows + [(f"training {o['arch']} {o['precision']}{' channels-last' if o.get('channels_last') else ''}",
-                    f"{o['images_s']:.0f} images/s at {p.size} px, bs {p.bs}", f"{o['ratio_to_float32']:.2f}")
-                   for o in res['throughput']]
+    base = res.get('workers', [{}])[0].get('items_s')
+    rows += [(f"data pipeline, {o['workers']} workers / 0 workers", f"{o['items_s']:.0f} items/s", f"{o['items_s']/base:.2f}")
+             for o in res.get('workers', [])[1:]]
+    return rows + [(f"training {_setting(o)}", f"{o['images_s']:.0f} images/s at {p.size} px, bs {p.bs}",
+                    f"{o['ratio_to_float32']:.2f}") for o in res['throughput']]
 
 def _print_table(rows):
     w = max(len(a) for a,_,_ in rows)
@@ -159,13 +191,16 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     p = get_profile(profile)
     set_seed(42, reproducible=True)
     dls = pets_dls(p)
-    t0, res = time.perf_counter(), dict(profile=p.name, device=p.device, arch=p.arch, size=p.size, bs=p.bs)
+    t0, res = time.perf_counter(), dict(profile=p.name, device=p.device, arch=p.arch, size=p.size, bs=p.bs,
+                                        threads=torch.get_num_threads())
     res['pipeline'] = bench_pipeline(dls, p.presize)
+    res['workers'] = bench_workers(dls, sorted({0, 1, min(2, os.cpu_count() or 1), dls.train.num_workers}))
     res['cross_entropy'] = bench_cross_entropy()
     res['lr_find'] = bench_lr_find(dls, p.arch, min(p.lr_find_iters, 20))   # 20 steps: enough for a time ratio
     archs = list(dict.fromkeys(archs or [p.arch, 'resnet18', 'resnet34']))
     res['throughput'] = tp = bench_throughput(archs, p.size, p.bs, p.device)
-    base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32' and not o['channels_last']}
+    base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32' and not o['channels_last']
+            and o.get('threads')==torch.get_num_threads()}
     for o in tp: o['ratio_to_float32'] = o['images_s']/base[o['arch']]
     res['seconds'] = round(time.perf_counter()-t0, 1)
     _print_table(_rows(res, p))

@@ -128,7 +128,7 @@ def _other_commands(sub):
     e.add_argument('--json', nargs='?', const='-', metavar='FILE',
                    help='also write the results as JSON (to FILE, or stdout)')
     e.add_argument('--trust-pickle', action='store_true', help=_TRUST_HELP)
-    e.add_argument('--bs', type=_int_in(1, 'images'), default=64, help='batch size')
+    e.add_argument('--bs', type=_int_in(1, 'images'), help='batch size (default: 64 on a GPU, 8 on a CPU)')
     r = sub.add_parser('predict', help='most likely breeds of images')
     r.add_argument('model', metavar='MODEL', help='run folder (or its model.json) written by petbreeds train')
     r.add_argument('images', metavar='IMAGE', nargs='+', help='image files')

@@ -114,7 +114,7 @@ def train_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto' 
 NCM_HEAD = dict(concat_pool=False, lin_ftrs=[], ps=0.)   # `vision_learner`'s head options for a nearest-class-mean head
 NCM_FOLDS = 4   # cross-validation folds of the few-shot recipe
 
-def body_features(learn:Learner, files, bs:int=16)->tuple:
+def body_features(learn:Learner, files, bs:int=8)->tuple:
     "`(features, targets)`: `learn`'s body's average-pooled outputs for labelled `files`, without augmentation or gradients."
     dl = learn.dls.test_dl(files, with_labels=True, bs=bs)
     body, fs, ys = learn.model[0].eval(), [], []
@@ -298,11 +298,13 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
 # %% ../nbs/14_recipes.ipynb #20e84f45
 def evaluate_model(learn:Learner, # from `load_model`
                    data, # folder of Oxford-named images
-                   bs:int=64)->dict:
+                   bs:int|None=None, # default: 64 on a GPU, 8 on a CPU (big batches of big images page-fault)
+                  )->dict:
     "Error rate, per-breed accuracy and most-confused pairs of `learn` on the labelled images in `data`."
     files = get_pet_files(data)
     unknown = sorted({breed_of(f) for f in files} - set(learn.dls.vocab))
     if unknown: raise DataError(f"breeds the model was not trained on in {data}: {', '.join(unknown[:5])}")
+    bs = ifnone(bs, 64 if default_device().type=='cuda' else 8)
     dl = learn.dls.test_dl(files, with_labels=True, bs=bs)
     with learn.no_bar(): preds, targs = learn.get_preds(dl=dl)
     vocab, right = learn.dls.vocab, (preds.argmax(1)==targs)
