@@ -3,7 +3,7 @@
 
 `python .ci/readme.py` writes it; `python .ci/readme.py --check` exits 1 when README.md is out of date.
 Markdown cells are copied, code cells become ```python blocks followed by their text outputs;
-cells marked `#| hide` are left out and nbdev directives are stripped."""
+cells marked `#| hide` are left out, `#| echo: false` ones show only their outputs, and nbdev directives are stripped."""
 import json, re, sys
 from pathlib import Path
 
@@ -30,7 +30,8 @@ def render(nb_path=root/'nbs'/'index.ipynb'):
         if c['cell_type']=='markdown': parts.append(src.strip('\n'))
         elif c['cell_type']=='code':
             code = '\n'.join(l for l in lines if not DIRECTIVE.match(l)).strip('\n')
-            if code: parts.append('```python\n' + code + '\n```')
+            echo = not any(re.match(r'^\s*#\s*\|\s*echo:\s*false\b', l) for l in lines)
+            if code and echo: parts.append('```python\n' + code + '\n```')
             parts.extend(_outputs(c))
     return '\n\n'.join(parts) + '\n'
 

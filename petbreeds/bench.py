@@ -21,7 +21,7 @@ from .lr_finder import lr_find_compare
 
 # %% auto #0
 __all__ = ['bench_pipeline', 'bench_workers', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'plot_bench',
-           'run_bench']
+           'run_bench', 'bench_markdown']
 
 # %% ../nbs/16_bench.ipynb #5046e1c5
 def _timeit(f, n=1):
@@ -75,7 +75,7 @@ def _ratio(f, g, n:int=10, blocks:int=20)->tuple:
     finally: torch.set_num_threads(threads)
     return float(np.median([a/b for a,b in ts])), min(a for a,_ in ts), min(b for _,b in ts)
 
-def bench_cross_entropy(n:int=4096, c:int=37, reps:int=10, blocks:int=20)->dict:
+def bench_cross_entropy(n:int=4096, c:int=37, reps:int=50, blocks:int=21)->dict:
     "Our `cross_entropy` against `F.cross_entropy`, forward and forward+backward: time ratios (ours/PyTorch's), largest differences."
     torch.manual_seed(0)
     x, y = torch.randn(n, c)*4, torch.randint(0, c, (n,))
@@ -97,14 +97,17 @@ def bench_lr_find(dls:DataLoaders, arch:str, num_it:int)->dict:
                 ours=c.ours.suggestions(), fastai=c.fastai.suggestions())
 
 # %% ../nbs/16_bench.ipynb #5f276cdf
-def _timeit_for(f, steps:int, budget:float)->float:
-    "Seconds per call of `f`: `steps` calls, or fewer once `budget` seconds have passed (at least one)."
-    t0, n = time.perf_counter(), 0
-    while n < steps and (n==0 or time.perf_counter()-t0 < budget): f(); n += 1
-    return (time.perf_counter()-t0)/n
+def _median_times(steps:dict, rounds:int, budget:float)->dict:
+    "Median seconds of each function in `steps`, timed in turn for `rounds` rounds; one stops once it has used `budget` s."
+    times = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k,f in steps.items():
+            if times[k] and sum(times[k]) > budget: continue
+            times[k].append(_timeit(f))
+    return {k: float(np.median(v)) for k,v in times.items()}
 
-def bench_throughput(archs, size:int, bs:int, device:str='cpu', steps:int=3,
-                     budget:float=3.0, # seconds each setting may take after its warm-up step (a slow one gets fewer steps)
+def bench_throughput(archs, size:int, bs:int, device:str='cpu', rounds:int=5,
+                     budget:float=2.0, # seconds a setting may take before it stops (bfloat16 on an AVX2 CPU: one step)
                     )->list:
     "Training images/s (forward, backward, optimiser step) per architecture, precision, memory format and CPU threads."
     res, n_threads = [], torch.get_num_threads()
@@ -115,20 +118,22 @@ def bench_throughput(archs, size:int, bs:int, device:str='cpu', steps:int=3,
         model = create_vision_model(ARCHS[arch], 37, pretrained=False).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), 1e-4)
         x, y = torch.randn(bs, 3, size, size, device=device), torch.randint(0, 37, (bs,), device=device)
-        for prec, cl, threads in settings:
+        def make_step(prec, cl, threads):
             ctx = (lambda: torch.autocast(device, dtype=half)) if prec!='float32' else nullcontext
             fmt = torch.channels_last if cl else torch.contiguous_format
-            model, xf = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+            xf = x.contiguous(memory_format=fmt)
             def step():
-                with ctx(): loss = F.cross_entropy(model(xf).float(), y)
-                loss.backward(); opt.step(); opt.zero_grad()
-                if device=='cuda': torch.cuda.synchronize()
-            torch.set_num_threads(threads)
-            try:
-                step()   # warm up
-                res.append(dict(arch=arch, precision=prec, channels_last=cl, threads=threads,
-                                images_s=bs/_timeit_for(step, steps, budget)))
-            finally: torch.set_num_threads(n_threads)
+                model.to(memory_format=fmt); torch.set_num_threads(threads)
+                try:
+                    with ctx(): loss = F.cross_entropy(model(xf).float(), y)
+                    loss.backward(); opt.step(); opt.zero_grad()
+                    if device=='cuda': torch.cuda.synchronize()
+                finally: torch.set_num_threads(n_threads)
+            return step
+        steps = {s: make_step(*s) for s in settings}
+        for f in steps.values(): f()   # warm up
+        for (prec, cl, threads), t in _median_times(steps, rounds, budget).items():
+            res.append(dict(arch=arch, precision=prec, channels_last=cl, threads=threads, images_s=bs/t))
     return res
 
 def _setting(o:dict)->str:
@@ -148,20 +153,20 @@ def plot_bench(res:dict, # what `run_bench` returned (or its JSON, loaded)
     bars += [(f"data pipeline {o['workers']} workers / 0 workers", o['items_s']/base, 'C4') for o in res.get('workers', [])[1:]]
     bars += [(f"{_setting(o)} / float32", o['ratio_to_float32'], 'C3') for o in res['throughput']
              if (o['precision'], o.get('channels_last'), o.get('threads')) != ('float32', False, res.get('threads'))]
-    fig, ax = plt.subplots(figsize=(8, 0.35*len(bars)+1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.35*len(bars)+1.2))
     ax.barh(range(len(bars)), [b for _,b,_ in bars], color=[c for _,_,c in bars])
     ax.set_yticks(range(len(bars)), [a for a,_,_ in bars]); ax.invert_yaxis()
     ax.axvline(1, color='k', lw=1)
     for i,(_,b,_) in enumerate(bars): ax.text(b, i, f' {b:.2f}', va='center')
-    ax.set_xlabel('ratio (time ratios: lower is faster; images/s ratios: higher is faster)')
+    ax.set_xlabel('ratio (of times: lower is faster; of images/s: higher is faster)')
     ax.set_title(f"petbreeds bench: {res['profile']} profile, {res['device']}")
     fig.tight_layout()
     if fname: fig.savefig(fname, dpi=100)
     return fig
 
 # %% ../nbs/16_bench.ipynb #252f3bf8
-def _rows(res:dict, p)->list:
-    "The table's rows `(measurement, details, ratio)` for the results `res` of profile `p`."
+def _rows(res:dict)->list:
+    "The table's rows `(measurement, details, ratio)` for the results `res` of `run_bench`."
     r, ce, lr = res['pipeline'], res['cross_entropy'], res['lr_find']
     rows = [('data pipeline (fastai train DL / decode+resize)',
              f"{r['fastai_items_s']:.0f} vs {r['decode_resize_items_s']:.0f} items/s, {r['workers']} workers", f"{r['ratio']:.2f}"),
@@ -173,7 +178,7 @@ def _rows(res:dict, p)->list:
     base = res.get('workers', [{}])[0].get('items_s')
     rows += [(f"data pipeline, {o['workers']} workers / 0 workers", f"{o['items_s']:.0f} items/s", f"{o['items_s']/base:.2f}")
              for o in res.get('workers', [])[1:]]
-    return rows + [(f"training {_setting(o)}", f"{o['images_s']:.0f} images/s at {p.size} px, bs {p.bs}",
+    return rows + [(f"training {_setting(o)}", f"{o['images_s']:.0f} images/s at {res['size']} px, bs {res['bs']}",
                     f"{o['ratio_to_float32']:.2f}") for o in res['throughput']]
 
 def _print_table(rows):
@@ -203,7 +208,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
             and o.get('threads')==torch.get_num_threads()}
     for o in tp: o['ratio_to_float32'] = o['images_s']/base[o['arch']]
     res['seconds'] = round(time.perf_counter()-t0, 1)
-    _print_table(_rows(res, p))
+    _print_table(_rows(res))
     print(f"{res['seconds']:.0f} s")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -211,3 +216,11 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
         plot_bench(res, Path(out).with_suffix('.png'))
         print(f"wrote {out} and {Path(out).with_suffix('.png').name}")
     return res
+
+# %% ../nbs/16_bench.ipynb #0d16a50f
+def bench_markdown(res)->str:
+    "`run_bench`'s results (a dict, or the path of its JSON) as a Markdown table, for README."
+    if not isinstance(res, dict): res = json.loads(Path(res).read_text())
+    head = f"`petbreeds bench`, {res['profile']} profile, {res['device']}, {res.get('threads', '?')} threads, {res['seconds']:.0f} s"
+    lines = [head, '', '| measurement | ratio | details |', '|---|---|---|']
+    return '\n'.join(lines + [f'| {a} | {c} | {b} |' for a,b,c in _rows(res)])
