@@ -8,7 +8,7 @@ kernel's `language_info` and display name into every notebook it opens: nothing 
 notebook (nbdev_clean strips both), which is why nbdev ships the hook.
 Skipped, with the reason, when Chromium or Playwright is missing.
 """
-import json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import difflib, json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -98,4 +98,6 @@ def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
     assert not prompts, 'JupyterLab asked "Select Kernel": give every notebook a kernelspec (python3)'
     hook_errors = [l for l in (root.parent/'lab.log').read_text().splitlines() if 'hook' in l and 'failed' in l]
     assert not hook_errors, hook_errors[:3]
-    assert not changed, f'opening in JupyterLab (with nbdev\'s Jupyter hook) rewrote {len(changed)} notebooks: {changed[:3]}'
+    diff = ''.join(list(difflib.unified_diff(before[changed[0]].decode().splitlines(True), (root/changed[0]).read_text().splitlines(True),
+                                             changed[0], 'after'))[:40]) if changed else ''
+    assert not changed, f'opening in JupyterLab (with nbdev\'s Jupyter hook) rewrote {len(changed)} notebooks: {changed[:3]}\n{diff}'
