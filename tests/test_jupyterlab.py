@@ -73,6 +73,16 @@ def lab(tmp_path_factory):
         except subprocess.TimeoutExpired: proc.kill()
 
 
+
+def _wait_for_saves(files, quiet:float=2.0, timeout:float=30.0):
+    "Wait until none of `files` has changed for `quiet` seconds: Jupyter saves in place, so a save in progress reads as partial."
+    end, last = time.time()+timeout, None
+    while time.time() < end:
+        now = [(f.stat().st_mtime_ns, f.stat().st_size) for f in files]
+        if now == last: return
+        last = now
+        time.sleep(quiet)
+
 def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
     base, token, root = lab
     before = {nb: (ROOT/'nbs'/nb).read_bytes() for nb in NOTEBOOKS}
@@ -92,6 +102,7 @@ def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
             page.keyboard.press('Escape')
             page.evaluate('() => { window.jupyterapp.commands.execute("application:close-all"); }')
             page.wait_for_timeout(1_000)
+            _wait_for_saves([root/nb for nb in NOTEBOOKS])
             changed = [nb for nb in NOTEBOOKS if (root/nb).read_bytes() != before[nb]]
         finally:
             browser.close()
