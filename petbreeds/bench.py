@@ -59,6 +59,11 @@ def bench_workers(dls:DataLoaders, workers=(0, 1, 2))->list:
         res.append(dict(workers=w, items_s=len(d)*d.bs/_timeit(lambda: [None for _ in d])))
     return res
 
+def _worker_ratios(res:dict)->list:
+    "`(workers, items/s, ratio to no workers)` for each worker count after the first in `res['workers']` (none if absent)."
+    w = res.get('workers', [])
+    return [(o['workers'], o['items_s'], o['items_s']/w[0]['items_s']) for o in w[1:]]
+
 # %% ../nbs/16_bench.ipynb #19c07e24
 def _cpu_time(f, n=1):
     t0 = time.process_time()
@@ -149,8 +154,7 @@ def plot_bench(res:dict, # what `run_bench` returned (or its JSON, loaded)
     bars = [('data pipeline / decode+resize', res['pipeline']['ratio'], 'C0'),
             ('our cross_entropy / F.cross_entropy', res['cross_entropy']['time_ratio'], 'C1'),
             ('our lr finder / fastai lr_find', res['lr_find']['time_ratio'], 'C2')]
-    base = res.get('workers', [{}])[0].get('items_s')
-    bars += [(f"data pipeline {o['workers']} workers / 0 workers", o['items_s']/base, 'C4') for o in res.get('workers', [])[1:]]
+    bars += [(f"data pipeline {w} workers / 0 workers", r, 'C4') for w,_,r in _worker_ratios(res)]
     bars += [(f"{_setting(o)} / float32", o['ratio_to_float32'], 'C3') for o in res['throughput']
              if (o['precision'], o.get('channels_last'), o.get('threads')) != ('float32', False, res.get('threads'))]
     fig, ax = plt.subplots(figsize=(9, 0.35*len(bars)+1.2))
@@ -175,9 +179,7 @@ def _rows(res:dict)->list:
             ('lr finder (ours / fastai lr_find)',
              f"{lr['ours_s']:.1f} vs {lr['fastai_s']:.1f} s, valley {lr['ours']['valley']:.1e} vs {lr['fastai']['valley']:.1e}",
              f"{lr['time_ratio']:.2f}")]
-    base = res.get('workers', [{}])[0].get('items_s')
-    rows += [(f"data pipeline, {o['workers']} workers / 0 workers", f"{o['items_s']:.0f} items/s", f"{o['items_s']/base:.2f}")
-             for o in res.get('workers', [])[1:]]
+    rows += [(f"data pipeline, {w} workers / 0 workers", f"{v:.0f} items/s", f"{r:.2f}") for w,v,r in _worker_ratios(res)]
     return rows + [(f"training {_setting(o)}", f"{o['images_s']:.0f} images/s at {res['size']} px, bs {res['bs']}",
                     f"{o['ratio_to_float32']:.2f}") for o in res['throughput']]
 

@@ -119,24 +119,27 @@ def _safe_sums(s:Tensor)->bool:
     r, fi = torch.aminmax(s.detach()), torch.finfo(s.dtype)
     return fi.tiny/fi.eps < r.min.item() and r.max.item() < math.inf
 
+def _sum_exp(x:Tensor, dim:int)->tuple:
+    "`(m, x-m, exp(x-m).sum(dim))`: `m` is `None` (no shift) when the plain sum is safe, else the row max."
+    s = x.exp().sum(dim, keepdim=True)
+    if _safe_sums(s): return None, x, s
+    m = _row_max(x, dim)
+    xm = x - m   # shift first: the big numbers cancel exactly
+    return m, xm, xm.exp().sum(dim, keepdim=True)
+
 def logsumexp(x:Tensor, # activations, classes along `dim`
               dim:int=-1, keepdim:bool=False)->Tensor:
     "`log(exp(x).sum(dim))`; when that sum is not a safe float, `m + log(exp(x-m).sum())` with `m` the max: never overflows."
-    s = x.exp().sum(dim, keepdim=True)
-    if _safe_sums(s): r = s.log()
-    else:
-        m = _row_max(x, dim)
-        r = m + (x-m).exp().sum(dim, keepdim=True).log()
+    m, _, s = _sum_exp(x, dim)
+    r = s.log() if m is None else m + s.log()
     return r if keepdim else r.squeeze(dim)
 
 # %% ../nbs/03_cross_entropy.ipynb #0d886883
 def log_softmax(x:Tensor, # activations, classes along `dim`
                 dim:int=-1)->Tensor:
     "`log(softmax(x))` without ever computing softmax: `x - logsumexp(x)`, finite even for activations of ±1000."
-    s = x.exp().sum(dim, keepdim=True)
-    if _safe_sums(s): return x - s.log()
-    s = x - _row_max(x, dim)   # shift first: the big numbers cancel exactly
-    return s - s.exp().sum(dim, keepdim=True).log()
+    _, xm, s = _sum_exp(x, dim)
+    return xm - s.log()
 
 # %% ../nbs/03_cross_entropy.ipynb #b2851b87
 def cross_entropy(x:Tensor, # (n, classes): raw activations, *not* probabilities

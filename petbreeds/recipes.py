@@ -148,11 +148,12 @@ def ncm_cross_validate(feats:Tensor, targs:Tensor, c:int, k:int=4, seed:int=42)-
 # %% ../nbs/14_recipes.ipynb #2489a49d
 def fit_ncm(learn:Learner, # from `pets_learner(..., **NCM_HEAD)`
             files, # the labelled images: all of them are used
-            k:int=4, # folds of the cross-validation
+            k:int=NCM_FOLDS, # folds of the cross-validation
             seed:int=42)->tuple:
     "Set `learn`'s head to the nearest class mean of `files`' features; return the cross-validated `(probs, targets)`."
     feats, targs = body_features(learn, files)
-    c, cv = len(learn.dls.vocab), ncm_cross_validate(feats, targs, len(learn.dls.vocab), k, seed)
+    c = len(learn.dls.vocab)
+    cv = ncm_cross_validate(feats, targs, c, k, seed)
     scales = torch.logspace(-1, 3, 81)
     scale = min(scales.tolist(), key=lambda s: F.cross_entropy(cv*s, targs).item())   # the best-calibrated temperature
     centre, means = class_means(feats, targs, c)
@@ -270,7 +271,7 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
     if rank==0: check_writable(out, need_bytes=8*sum(o.numel() for o in learn.model.parameters())+2**20)  # two copies
     if rank==0: print(_describe_run(p, path, files, dls, split, bs, world, fp16))
     if p.recipe=='ncm':
-        lr, (preds, targs) = None, fit_ncm(learn, files, NCM_FOLDS, seed)
+        lr, (preds, targs) = None, fit_ncm(learn, files, seed=seed)
         plain = preds
     else:
         lr = _base_lr(learn, p, lr_find, rank)
@@ -282,8 +283,8 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
     else:
         times = learn.epoch_timer.times
         res = dict(profile=p.name, arch=p.arch, data=p.data.kind if p.data.builtin else str(path), n_images=len(files),
-                   n_train=len(files) if lr is None else len(dls.train_ds), n_valid=len(targs),
-                   split=f'cv:{NCM_FOLDS}' if lr is None else f'{split[0]}:{split[1]}',
+                   n_train=len(files) if p.recipe=='ncm' else len(dls.train_ds), n_valid=len(targs),
+                   split=f'cv:{NCM_FOLDS}' if p.recipe=='ncm' else f'{split[0]}:{split[1]}',
                    recipe=p.recipe, epochs=p.epochs, freeze_epochs=p.freeze_epochs, lr=str(lr), size=p.size,
                    presize=p.presize, bs=bs, tta=p.tta, label_smoothing=p.label_smoothing, train_bn=p.train_bn,
                    error_rate=err, error_rate_no_tta=error_rate(plain, targs).item(),

@@ -78,7 +78,7 @@ def _wait_for_saves(files, quiet:float=2.0, timeout:float=30.0):
     "Wait until none of `files` has changed for `quiet` seconds: Jupyter saves in place, so a save in progress reads as partial."
     end, last = time.time()+timeout, None
     while time.time() < end:
-        now = [(f.stat().st_mtime_ns, f.stat().st_size) for f in files]
+        now = [(st.st_mtime_ns, st.st_size) for st in map(Path.stat, files)]
         if now == last: return
         last = now
         time.sleep(quiet)
