@@ -1,6 +1,6 @@
 """Shared test helpers, and how the suite runs fast: tests spread over one pytest-xdist worker per core (options in
 pyproject.toml), longest first; the synthetic pets are drawn once, before the workers start; a table of times at the end."""
-import fcntl, json, os, subprocess, sys, time
+import fcntl, json, multiprocessing as mp, os, runpy, subprocess, sys, time, traceback, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import pytest
@@ -20,6 +20,64 @@ def offline_env(**kw):
 def run(cmd, env=None, cwd=ROOT, timeout=900):
     "Run `cmd`, returning the CompletedProcess; stdout and stderr together in `.out`."
     r = subprocess.run(cmd, cwd=cwd, env=env or offline_env(), capture_output=True, text=True, timeout=timeout)
+    r.out = r.stdout + r.stderr
+    return r
+
+# --- Python run in a child of a fork server that has already imported fastai -------------------------------------------
+
+PRELOAD = ['torch', 'fastai.vision.all', 'nbdev.test', 'petbreeds.backbone', 'petbreeds.presizing', 'petbreeds.profiles']
+_ctx = None
+
+def forkserver():
+    "This worker's fork server, started on first use with fastai imported (the first child pays for it, once)."
+    global _ctx
+    if _ctx is None:
+        _ctx = mp.get_context('forkserver')
+        _ctx.set_forkserver_preload(PRELOAD)
+    return _ctx
+
+def _child(target, args, env:dict, cwd, out, err):
+    "In the fork server's child: `env`, `cwd`, stdout to `out` and stderr to `err`, then `target(*args)`."
+    for fd, fn in ((1, out), (2, err)): os.dup2(os.open(fn, os.O_WRONLY|os.O_CREAT|os.O_APPEND, 0o644), fd)
+    os.environ.clear(); os.environ.update(env)
+    os.chdir(cwd)
+    mp.set_start_method('fork', force=True)   # DataLoader workers as in a fresh process (a forkserver child inherits 'forkserver')
+    target(*args)
+
+def in_child(target, args, env:dict, cwd, out, err=None):
+    "Start `target(*args)` (a module-level function) in a child of the fork server; stdout to `out`, stderr to `err`."
+    p = forkserver().Process(target=_child, args=(target, args, env, str(cwd), str(out), str(err or out)))
+    p.start()
+    return p
+
+def _python_main(args):
+    "What `python *args` would do (`-W ignore`, then `-m module`, `-c code` or a script, with its arguments); exits."
+    if args[:2] == ['-W', 'ignore']: warnings.simplefilter('ignore'); args = args[2:]
+    code = 0
+    try:
+        if args[0] == '-m': sys.argv = [args[1], *args[2:]]; runpy.run_module(args[1], run_name='__main__', alter_sys=True)
+        elif args[0] == '-c': sys.argv = ['-c', *args[2:]]; exec(compile(args[1], '<string>', 'exec'), {'__name__': '__main__'})
+        else: sys.argv = list(args); runpy.run_path(args[0], run_name='__main__')
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, (int, type(None))): print(e.code, file=sys.stderr)
+    except BaseException: traceback.print_exc(); code = 1
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
+
+def run_python(args:list, env=None, cwd=ROOT, timeout=900):
+    """`run([sys.executable, *args])`, but in a child of the fork server: the same exit code, stdout and stderr, without
+    paying for importing fastai again (about 12 s on these machines). For tests of what the program does, not of how
+    Python starts it (the console script, signals and torchrun are tested in real processes)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        out, err = Path(d)/'out', Path(d)/'err'
+        p = in_child(_python_main, (list(map(str, args)),), env or offline_env(), cwd, str(out), str(err))
+        p.join(timeout)
+        if p.is_alive():
+            p.kill(); p.join()
+            raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
+        r = subprocess.CompletedProcess([sys.executable, *args], p.exitcode, *(f.read_text(errors='replace') if f.exists() else '' for f in (out, err)))
     r.out = r.stdout + r.stderr
     return r
 

@@ -7,7 +7,7 @@ import http.server, tarfile, threading, io, sys, functools
 from pathlib import Path
 import pytest
 from PIL import Image
-from conftest import offline_env, run
+from conftest import offline_env, run_python
 
 BREEDS = ['Abyssinian', 'Birman', 'beagle', 'great_pyrenees', 'pug']
 
@@ -49,18 +49,18 @@ print('profile', p.name, 'files', len(files), 'breeds', len(set(f.name.rsplit('_
 '''
 
 def test_auto_profile_downloads_real_layout(mirror):
-    r = run([sys.executable, '-W', 'ignore', '-c', SCRIPT], env=_env(mirror, mirror['url']+'/oxford-iiit-pet.tgz'))
+    r = run_python(['-W', 'ignore', '-c', SCRIPT], env=_env(mirror, mirror['url']+'/oxford-iiit-pet.tgz'))
     assert r.returncode==0, r.out
     assert 'quick: no GPU, data and weights reachable — using Oxford-IIIT Pet (16 per breed) and resnet18' in r.out
     assert 'profile quick files 20 breeds 5' in r.out
     assert 'Abyssinian_100.mat (not an image file)' in r.out      # skipped, with a one-line report
     assert (Path(mirror['home'])/'data'/'oxford-iiit-pet'/'images').is_dir()
     # the second time nothing is downloaded: the cached copy counts even with the server gone
-    r = run([sys.executable, '-W', 'ignore', '-c', SCRIPT], env=_env(mirror, 'http://127.0.0.1:9/oxford-iiit-pet.tgz'))
+    r = run_python(['-W', 'ignore', '-c', SCRIPT], env=_env(mirror, 'http://127.0.0.1:9/oxford-iiit-pet.tgz'))
     assert 'quick' in r.out and 'profile quick files 20' in r.out, r.out
 
 def test_failed_download_falls_back_with_one_line(mirror):
-    r = run([sys.executable, '-W', 'ignore', '-c', SCRIPT], env=_env(mirror, mirror['url']+'/broken.tgz'))
+    r = run_python(['-W', 'ignore', '-c', SCRIPT], env=_env(mirror, mirror['url']+'/broken.tgz'))
     assert r.returncode==0, r.out
     assert 'Traceback' not in r.out
     assert 'offline: Could not download Oxford-IIIT Pet: broken.tgz is not a complete tar archive' in r.out and '— using synthetic pets' in r.out
@@ -68,12 +68,12 @@ def test_failed_download_falls_back_with_one_line(mirror):
 
 def test_forced_profile_fails_clearly(mirror):
     env = _env(mirror, mirror['url']+'/broken.tgz', PETBREEDS_PROFILE='quick')
-    r = run([sys.executable, '-W', 'ignore', '-c', SCRIPT], env=env)
+    r = run_python(['-W', 'ignore', '-c', SCRIPT], env=env)
     assert r.returncode!=0
     assert 'DataError: Could not download Oxford-IIIT Pet' in r.out and 'PETBREEDS_PROFILE=offline' in r.out
 
 def test_unreachable_means_offline(mirror):
-    r = run([sys.executable, '-W', 'ignore', '-c', SCRIPT], env=_env(mirror, 'http://127.0.0.1:9/nothing.tgz', FASTAI_HOME=mirror['cache']/'empty'))
+    r = run_python(['-W', 'ignore', '-c', SCRIPT], env=_env(mirror, 'http://127.0.0.1:9/nothing.tgz', FASTAI_HOME=mirror['cache']/'empty'))
     assert r.returncode==0, r.out
     assert 'offline: http://127.0.0.1:9/nothing.tgz unreachable — using synthetic pets' in r.out
 
@@ -173,10 +173,10 @@ def test_silent_server_times_out(www, tmp_path):
     assert _clean(tmp_path/'data') == []
 
 def test_silent_mirror_does_not_hang(www, tmp_path):
-    "`download_pets` with its default timeouts, in a fresh process, against a mirror that never answers: a line in ~30 s."
+    "`download_pets` with its default timeouts, in another process, against a mirror that never answers: a line in ~30 s."
     script = ('import time\nfrom petbreeds.data import download_pets\nt0 = time.perf_counter()\n'
               'try: download_pets()\nexcept Exception as e: print(type(e).__name__, e)\nprint(f"took {time.perf_counter()-t0:.0f} s")')
-    r = run([sys.executable, '-W', 'ignore', '-c', script], env=_env(dict(home=tmp_path/'fastai', torch_home=tmp_path, cache=tmp_path), www['silent']), timeout=300)
+    r = run_python(['-W', 'ignore', '-c', script], env=_env(dict(home=tmp_path/'fastai', torch_home=tmp_path, cache=tmp_path), www['silent']), timeout=300)
     assert 'DataError Could not download Oxford-IIIT Pet: ' in r.out and 'the server sent nothing for 30 s' in r.out, r.out
     took = int(r.out.split('took ')[1].split()[0])
     assert 29 <= took < 60, r.out     # the read timeout, not forever (imports alone can take a minute on a busy machine)

@@ -1,21 +1,15 @@
 """Every notebook runs as `nbdev_test` runs it (nbdev's `test_nb`, the same skip flags, from `nbs/`), in the offline
 profile, and several also on real photos given as your own folder. Each runs in a fresh process forked from a server that
 has already imported fastai, so no notebook pays for that import again and none can see another's state."""
-import multiprocessing as mp, os, sys
+import os, sys
 from pathlib import Path
 import pytest
-from conftest import ROOT, SAMPLE, offline_env
+from conftest import ROOT, SAMPLE, in_child, offline_env
 
 NBS = sorted((ROOT/'nbs').glob('*.ipynb'))
-PRELOAD = ['torch', 'fastai.vision.all', 'nbdev.test', 'petbreeds.backbone', 'petbreeds.presizing', 'petbreeds.profiles']
 
-def _run_nb(nb:str, env:dict, log:str):
-    "In the forked child: the environment a fresh `nbdev_test --path nb` would have, output to `log`; exit 0 if it passed."
-    fd = os.open(log, os.O_WRONLY|os.O_CREAT|os.O_TRUNC, 0o644)
-    os.dup2(fd, 1); os.dup2(fd, 2)
-    os.environ.clear(); os.environ.update(env)
-    os.chdir(ROOT/'nbs')
-    mp.set_start_method('fork', force=True)   # DataLoader workers as under nbdev_test (a forkserver child inherits 'forkserver')
+def _run_nb(nb:str):
+    "In the fork server's child: the notebook as a fresh `nbdev_test --path nb` would run it; exit 0 if it passed."
     from nbdev.config import get_config
     from nbdev.test import test_nb
     cfg = get_config()
@@ -24,19 +18,10 @@ def _run_nb(nb:str, env:dict, log:str):
     sys.stderr.flush()
     os._exit(0 if ok else 1)
 
-_ctx = None
-def _forkserver():
-    "One fork server per worker, started on first use with fastai imported (the first notebook pays for it)."
-    global _ctx
-    if _ctx is None:
-        _ctx = mp.get_context('forkserver')
-        _ctx.set_forkserver_preload(PRELOAD)
-    return _ctx
-
 def run_notebook(nb:Path, env:dict, log:Path, timeout=900)->tuple:
     "(exit code, output) of notebook `nb` run in a child of the fork server."
-    p = _forkserver().Process(target=_run_nb, args=(str(nb), env, str(log)))
-    p.start(); p.join(timeout)
+    p = in_child(_run_nb, (str(nb),), env, ROOT/'nbs', log)
+    p.join(timeout)
     if p.is_alive(): p.kill(); p.join()
     out = log.read_text(errors='replace') if log.exists() else ''
     print(out)   # pytest shows it when the test fails

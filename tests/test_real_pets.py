@@ -5,7 +5,7 @@ must not change."""
 import functools, http.server, os, subprocess, sys, tarfile, threading
 from pathlib import Path
 import pytest
-from conftest import ROOT, SAMPLE, offline_env, run
+from conftest import ROOT, SAMPLE, offline_env, run_python
 
 NOTEBOOK = os.environ.get('PETBREEDS_REAL_PETS_NB', '01_data_layout')
 
@@ -34,7 +34,7 @@ def test_real_pets_executes_a_chapter_notebook_into_a_copy(mirror):
     env = offline_env(PETBREEDS_PETS_URL=mirror['url'], TORCH_HOME=r0/'torch', FASTAI_HOME=r0/'fastai',
                       PETBREEDS_HOME=r0/'cache', MPLBACKEND='Agg', PYTHONPATH=ROOT)
     before = _status()
-    r = run([sys.executable, '-W', 'ignore', str(ROOT/'.ci'/'real_pets.py'), '--dest', str(r0/'site'), NOTEBOOK],
+    r = run_python(['-W', 'ignore', str(ROOT/'.ci'/'real_pets.py'), '--dest', str(r0/'site'), NOTEBOOK],
             env=env, timeout=1500)
     assert r.returncode == 0, r.out[-3000:]
     assert 'quick: asked for — using Oxford-IIIT Pet' in r.out, r.out[-2000:]
@@ -49,6 +49,6 @@ def test_real_pets_executes_a_chapter_notebook_into_a_copy(mirror):
 def test_real_pets_fails_in_one_line_without_the_data(tmp_path):
     env = offline_env(PETBREEDS_PETS_URL='http://127.0.0.1:9/oxford-iiit-pet.tgz', FASTAI_HOME=tmp_path/'fastai',
                       TORCH_HOME=tmp_path/'torch', PYTHONPATH=ROOT)
-    r = run([sys.executable, '-W', 'ignore', str(ROOT/'.ci'/'real_pets.py'), '--dest', str(tmp_path/'site')], env=env)
+    r = run_python(['-W', 'ignore', str(ROOT/'.ci'/'real_pets.py'), '--dest', str(tmp_path/'site')], env=env)
     assert r.returncode != 0 and 'Traceback' not in r.out
     assert r.out.strip().startswith('real_pets: The quick profile needs Oxford-IIIT Pet'), r.out
