@@ -103,9 +103,11 @@ def _to_8bit(im:Image.Image)->Image.Image:
 class PetImage(PILImage):
     "A `PILImage` that also reads 16-bit images right (fastai's `convert('RGB')` turns them white)."
     @classmethod
-    def create(cls, fn, **kwargs):
+    def create(cls, fn, draft:int|None=None, **kwargs):
+        "Open `fn`; a JPEG is decoded at reduced scale when it still has at least `draft` pixels each way."
         if not isinstance(fn, (str, Path)): return super().create(fn, **kwargs)
         with Image.open(fn) as im:
+            if draft: im.draft('RGB', (draft, draft))   # Pillow's JPEG decoder scales by 1/2, 1/4 or 1/8, or not at all
             im.load()
             return cls(_to_8bit(im).convert('RGB'))
 

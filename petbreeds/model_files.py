@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save as st_save, load as st_load
 from fastai.vision.all import *
 from .data import PetImage, PETS_PAT
+from .presizing import PetImageBlock
 from .backbone import pets_learner
 
 # %% ../nbs/18_model_files.ipynb #e6d60d6e
@@ -137,7 +138,8 @@ def _read_meta(fn:Path)->dict:
 def _dls_for(meta:dict, bs:int=64)->DataLoaders:
     tfms = [*aug_transforms(size=tuple(meta['size']), min_scale=meta.get('min_scale', 1.0))]
     if meta.get('mean'): tfms.append(Normalize.from_stats(meta['mean'], meta['std']))
-    block = DataBlock(blocks=(ImageBlock(PetImage), CategoryBlock(vocab=meta['vocab'])), get_y=using_attr(RegexLabeller(PETS_PAT), 'name'),
+    block = DataBlock(blocks=(PetImageBlock(draft=max(meta['presize'])), CategoryBlock(vocab=meta['vocab'])),
+                      get_y=using_attr(RegexLabeller(PETS_PAT), 'name'),
                       item_tfms=Resize(tuple(meta['presize'])), batch_tfms=tfms, splitter=lambda o: ([0], [0]))
     with tempfile.TemporaryDirectory() as d:
         one = Path(d)/f"{meta['vocab'][0]}_1.png"; Image.new('RGB', (1, 1)).save(one)
