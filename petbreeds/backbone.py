@@ -104,10 +104,12 @@ class _DepthwiseConv(torch.autograd.Function):
         return F.conv2d(x, w, b, stride, padding, 1, w.shape[0])
     @staticmethod
     def backward(ctx, g):
-        (x, w), (stride, padding), (need_x, need_w, need_b, *_) = ctx.saved_tensors, ctx.conf, ctx.needs_input_grad
-        gx = torch.nn.grad.conv2d_input(x.shape, w, g, stride, padding, 1, w.shape[0]) if need_x else None
-        gw = dw_weight_grad(x, g, w.shape[-1], stride, padding) if need_w else None
-        return gx, gw, g.sum((0, 2, 3)) if need_b else None, None, None
+        (x0, w0), (stride, padding), (need_x, need_w, need_b, *_) = ctx.saved_tensors, ctx.conf, ctx.needs_input_grad
+        dt = torch.promote_types(x0.dtype, w0.dtype)   # under autocast they differ: compute in the wider one
+        x, w, g = x0.to(dt), w0.to(dt), g.to(dt)
+        gx = torch.nn.grad.conv2d_input(x.shape, w, g, stride, padding, 1, w.shape[0]).to(x0.dtype) if need_x else None
+        gw = dw_weight_grad(x, g, w.shape[-1], stride, padding).to(w0.dtype) if need_w else None
+        return gx, gw, g.sum((0, 2, 3)).to(w0.dtype) if need_b else None, None, None
 
 class DepthwiseConv2d(nn.Conv2d):
     "A square, undilated, zero-padded depthwise `nn.Conv2d` that trains faster on small channels-last CPU maps."

@@ -15,7 +15,7 @@ from PIL import Image
 import matplotlib.pyplot as plt
 from fastai.vision.all import DataLoaders, create_vision_model, set_seed
 from .presizing import pets_dls
-from .backbone import ARCHS, pets_learner
+from .backbone import ARCHS, pets_learner, fast_depthwise
 from .losses import cross_entropy
 from .lr_finder import lr_find_compare
 
@@ -123,6 +123,7 @@ def bench_throughput(archs, size:int, bs:int, device:str='cpu', rounds:int=5,
     if device=='cpu' and n_threads > 1: settings.append(('float32', False, 1))
     for arch in archs:
         model = create_vision_model(ARCHS[arch], 37, pretrained=False).to(device).train()
+        fast_depthwise(model)   # as `pets_learner` does: it changes only channels-last steps on a CPU
         opt = torch.optim.AdamW(model.parameters(), 1e-4)
         x, y = torch.randn(bs, 3, size, size, device=device), torch.randint(0, 37, (bs,), device=device)
         def make_step(prec, cl, threads):

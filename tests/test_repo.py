@@ -2,7 +2,7 @@
 import ast, json, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from conftest import ROOT, SAMPLE, run
+from conftest import ROOT, SAMPLE, run, run_python
 
 def _tracked():
     out = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -70,7 +70,9 @@ def _page_text(nb):
 
 def test_docs_pages_render(copy):
     "What Quarto would render: nbdev's processed notebooks have their titles and every exported symbol's docs."
-    r = run([sys.executable, '-c', 'from nbdev.serve import proc_nbs; proc_nbs()'], cwd=copy, timeout=1500)
+    # one process, in a child of the fork server: each notebook's imports are then already there (nbdev's default spawns
+    # a fresh process per core, each importing fastai again); what it writes is the same
+    r = run_python(['-c', 'from nbdev.serve import proc_nbs; proc_nbs(n_workers=0)'], cwd=copy, timeout=1500)
     assert r.returncode==0, r.out[-4000:]
     proc = copy/'_proc'
     nbs = {p.stem: json.loads(p.read_text()) for p in proc.glob('*.ipynb')}
