@@ -29,6 +29,10 @@ def _timeit(f, n=1):
     for _ in range(n): f()
     return (time.perf_counter()-t0)/n
 
+def _items_s(dl, bs:int)->float:
+    "Items per second through one pass over the batches of `dl` (a fastai or a PyTorch `DataLoader`) of `bs` items."
+    return len(dl)*bs/_timeit(lambda: [None for _ in dl])
+
 class _DecodeResize(torch.utils.data.Dataset):
     "Decode and resize only: the least any image pipeline must do (`draft`: decoding JPEGs at reduced scale, as we do)."
     def __init__(self, files, size, draft=False): self.files,self.size,self.draft = files,size,draft
@@ -40,26 +44,17 @@ class _DecodeResize(torch.utils.data.Dataset):
 
 def bench_pipeline(dls:DataLoaders, presize:int)->dict:
     "Images/s through `dls.train` (with augmentation) vs decoding and resizing the same files with the same workers."
-    dl = dls.train
-    n = len(dl)*dl.bs
-    t_fastai = _timeit(lambda: [None for _ in dl])
-    files = list(dls.train_ds.items)
-    def items_s(draft):
-        plain = torch.utils.data.DataLoader(_DecodeResize(files, presize, draft), batch_size=dl.bs,
-                                            num_workers=dl.num_workers, shuffle=True, drop_last=True)
-        return len(plain)*dl.bs/_timeit(lambda: [None for _ in plain])
-    plain, draft = items_s(False), items_s(True)
-    return dict(workers=dl.num_workers, fastai_items_s=n/t_fastai, decode_resize_items_s=plain,
-                ratio=(n/t_fastai)/plain, decode_draft_items_s=draft, ratio_to_draft=(n/t_fastai)/draft)
+    dl, files = dls.train, list(dls.train_ds.items)
+    plain_dl = lambda draft: torch.utils.data.DataLoader(_DecodeResize(files, presize, draft), batch_size=dl.bs,
+                                                         num_workers=dl.num_workers, shuffle=True, drop_last=True)
+    fastai, plain, draft = _items_s(dl, dl.bs), _items_s(plain_dl(False), dl.bs), _items_s(plain_dl(True), dl.bs)
+    return dict(workers=dl.num_workers, fastai_items_s=fastai, decode_resize_items_s=plain, ratio=fastai/plain,
+                decode_draft_items_s=draft, ratio_to_draft=fastai/draft)
 
 # %% ../nbs/16_bench.ipynb #0d71784e
 def bench_workers(dls:DataLoaders, workers=(0, 1, 2))->list:
     "Items/s through `dls.train` (with augmentation) with each number of DataLoader worker processes in `workers`."
-    dl, res = dls.train, []
-    for w in workers:
-        d = dl.new(num_workers=w)
-        res.append(dict(workers=w, items_s=len(d)*d.bs/_timeit(lambda: [None for _ in d])))
-    return res
+    return [dict(workers=w, items_s=_items_s(dls.train.new(num_workers=w), dls.train.bs)) for w in workers]
 
 def _worker_ratios(res:dict)->list:
     "`(workers, items/s, ratio to no workers)` for each worker count after the first in `res['workers']` (none if absent)."
@@ -212,7 +207,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     archs = list(dict.fromkeys(archs or [p.arch, 'resnet18', 'resnet34']))
     res['throughput'] = tp = bench_throughput(archs, p.size, p.bs, p.device)
     base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32' and not o['channels_last']
-            and o.get('threads')==torch.get_num_threads()}
+            and o.get('threads')==res['threads']}
     for o in tp: o['ratio_to_float32'] = o['images_s']/base[o['arch']]
     res['seconds'] = round(time.perf_counter()-t0, 1)
     _print_table(_rows(res))

@@ -44,11 +44,13 @@ def _child(target, args, env:dict, cwd, out, err):
     mp.set_start_method('fork', force=True)   # DataLoader workers as in a fresh process (a forkserver child inherits 'forkserver')
     target(*args)
 
-def in_child(target, args, env:dict, cwd, out, err=None):
-    "Start `target(*args)` (a module-level function) in a child of the fork server; stdout to `out`, stderr to `err`."
+def in_child(target, args, env:dict, cwd, out, err=None, timeout=900)->int|None:
+    """Run `target(*args)` (a module-level function) in a child of the fork server, stdout to `out` and stderr to `err`:
+    its exit code, or `None` if it was still running after `timeout` seconds (it is then killed)."""
     p = forkserver().Process(target=_child, args=(target, args, env, str(cwd), str(out), str(err or out)))
-    p.start()
-    return p
+    p.start(); p.join(timeout)
+    if not p.is_alive(): return p.exitcode
+    p.kill(); p.join()
 
 def _python_main(args):
     "What `python *args` would do (`-W ignore`, then `-m module`, `-c code` or a script, with its arguments); exits."
@@ -72,12 +74,9 @@ def run_python(args:list, env=None, cwd=ROOT, timeout=900):
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         out, err = Path(d)/'out', Path(d)/'err'
-        p = in_child(_python_main, (list(map(str, args)),), env or offline_env(), cwd, str(out), str(err))
-        p.join(timeout)
-        if p.is_alive():
-            p.kill(); p.join()
-            raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
-        r = subprocess.CompletedProcess([sys.executable, *args], p.exitcode, *(f.read_text(errors='replace') if f.exists() else '' for f in (out, err)))
+        rc = in_child(_python_main, (list(map(str, args)),), env or offline_env(), cwd, out, err, timeout)
+        if rc is None: raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
+        r = subprocess.CompletedProcess([sys.executable, *args], rc, *(f.read_text(errors='replace') if f.exists() else '' for f in (out, err)))
     r.out = r.stdout + r.stderr
     return r
 

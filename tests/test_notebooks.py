@@ -19,13 +19,11 @@ def _run_nb(nb:str):
     os._exit(0 if ok else 1)
 
 def run_notebook(nb:Path, env:dict, log:Path, timeout=900)->tuple:
-    "(exit code, output) of notebook `nb` run in a child of the fork server."
-    p = in_child(_run_nb, (str(nb),), env, ROOT/'nbs', log)
-    p.join(timeout)
-    if p.is_alive(): p.kill(); p.join()
+    "(exit code, output) of notebook `nb` run in a child of the fork server (exit code `None`: it timed out)."
+    rc = in_child(_run_nb, (str(nb),), env, ROOT/'nbs', log, timeout=timeout)
     out = log.read_text(errors='replace') if log.exists() else ''
     print(out)   # pytest shows it when the test fails
-    return p.exitcode, out
+    return rc, out
 
 @pytest.mark.parametrize('nb', NBS, ids=[o.stem for o in NBS])
 def test_notebook_offline(nb, tmp_path):
