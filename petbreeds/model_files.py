@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save as st_save, load as st_load
 from fastai.vision.all import *
 from .data import PetImage, PETS_PAT
-from .presizing import PetImageBlock
+from .presizing import PetImageBlock, ResizedCropAffine
 from .backbone import pets_learner
 
 # %% ../nbs/18_model_files.ipynb #e6d60d6e
@@ -97,6 +97,7 @@ def _pipeline_of(dls)->dict:
     for t in dls.after_item:
         if isinstance(t, Resize): res['presize'] = _pair(t.size)
     for t in dls.after_batch:
+        if isinstance(t, ResizedCropAffine): t = t.crop   # `fold_crop`: the crop inside
         if isinstance(t, RandomResizedCropGPU): res['size'], res['min_scale'] = _pair(t.size), float(t.min_scale)
         elif isinstance(t, AffineCoordTfm) and getattr(t, 'size', None) is not None and res['size'] is None: res['size'] = _pair(t.size)
         elif isinstance(t, Normalize): res['mean'], res['std'] = t.mean.flatten().tolist(), t.std.flatten().tolist()

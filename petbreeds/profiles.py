@@ -54,6 +54,7 @@ class Profile:
     freeze_epochs:int=1   # `fine_tune(..., freeze_epochs=)`
     lr_find_iters:int=100 # mini-batches an `lr_find` may use
     min_scale:float=0.75  # `aug_transforms(min_scale=)`
+    fold_crop:bool=True   # one resampling per batch: the random crop folded into the geometry (`fold_crop`)
     recipe:str='fine_tune' # 'fine_tune' (the book's), 'manual' (freeze, fit_one_cycle, unfreeze, fit_one_cycle)
                           # or 'ncm' (frozen body, nearest-class-mean head: the few-shot recipe)
     lr:float|None=None    # the recipe's base rate (`None`: 2e-3 for fine_tune, 3e-3 for manual)
@@ -79,7 +80,8 @@ class Profile:
 _ARCH_NAMES = dict(resnet18='resnet18', resnet34='resnet34', resnet50='resnet50', efficientnet_lite0='EfficientNet-Lite0')
 
 PROFILES = dict(
-    full   =Profile('full',    PETS,      'resnet34',           presize=460, size=224, bs=64, per_breed=None, epochs=2),
+    full   =Profile('full',    PETS,      'resnet34',           presize=460, size=224, bs=64, per_breed=None, epochs=2,
+                    fold_crop=False),   # the book's pipeline exactly: two resamplings per batch
     quick  =Profile('quick',   PETS,      'resnet18',           presize=160, size=128, bs=32, per_breed=16,   epochs=2,
                     lr_find_iters=50),
     offline=Profile('offline', SYNTHETIC, 'efficientnet_lite0', presize=96,  size=64,  bs=32, per_breed=12,   epochs=2,
