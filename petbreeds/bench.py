@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, os, shutil, time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from .profiles import get_profile   # first: it quiets torch's deprecation noise in fastai's import
 import numpy as np
@@ -152,6 +153,8 @@ def plot_bench(res:dict, # what `run_bench` returned (or its JSON, loaded)
     bars = [('data pipeline / decode+resize', res['pipeline']['ratio'], 'C0'),
             ('our cross_entropy / F.cross_entropy', res['cross_entropy']['time_ratio'], 'C1'),
             ('our lr finder / fastai lr_find', res['lr_find']['time_ratio'], 'C2')]
+    if 'ratio_to_two' in res['pipeline']:
+        bars.append(('data pipeline, crop folded in / two resamplings', res['pipeline']['ratio_to_two'], 'C0'))
     bars += [(f"data pipeline {w} workers / 0 workers", r, 'C4') for w,_,r in _worker_ratios(res)]
     bars += [(f"{_setting(o)} / float32", o['ratio_to_float32'], 'C3') for o in res['throughput']
              if (o['precision'], o.get('channels_last'), o.get('threads')) != ('float32', False, res.get('threads'))]
@@ -179,6 +182,9 @@ def _rows(res:dict)->list:
             ('lr finder (ours / fastai lr_find)',
              f"{lr['ours_s']:.1f} vs {lr['fastai_s']:.1f} s, valley {lr['ours']['valley']:.1e} vs {lr['fastai']['valley']:.1e}",
              f"{lr['time_ratio']:.2f}")]
+    if 'ratio_to_two' in r:
+        rows.append(('data pipeline, crop folded in / two resamplings',
+                     f"{r['fastai_items_s']:.0f} vs {r['two_resamplings_items_s']:.0f} items/s", f"{r['ratio_to_two']:.2f}"))
     rows += [(f"data pipeline, {w} workers / 0 workers", f"{v:.0f} items/s", f"{r:.2f}") for w,v,r in _worker_ratios(res)]
     return rows + [(f"training {_setting(o)}", f"{o['images_s']:.0f} images/s at {res['size']} px, bs {res['bs']}",
                     f"{o['ratio_to_float32']:.2f}") for o in res['throughput']]
@@ -201,6 +207,9 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     t0, res = time.perf_counter(), dict(profile=p.name, device=p.device, arch=p.arch, size=p.size, bs=p.bs,
                                         threads=torch.get_num_threads())
     res['pipeline'] = bench_pipeline(dls, p.presize)
+    if p.fold_crop:   # the same loader, with fastai's two resamplings per batch
+        two = _items_s(pets_dls(replace(p, fold_crop=False)).train, p.bs)
+        res['pipeline'].update(two_resamplings_items_s=two, ratio_to_two=res['pipeline']['fastai_items_s']/two)
     res['workers'] = bench_workers(dls, sorted({0, 1, min(2, os.cpu_count() or 1), dls.train.num_workers}))
     res['cross_entropy'] = bench_cross_entropy()
     res['lr_find'] = bench_lr_find(dls, p.arch, min(p.lr_find_iters, 20))   # 20 steps: enough for a time ratio
