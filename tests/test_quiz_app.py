@@ -4,7 +4,7 @@ answers a checked item and a free-text item with its self-assessment, reloads, a
 The browser test needs Debian's chromium (`apt-get install -y chromium`) and Playwright for Python (`pip install
 playwright`, never `playwright install`: the test drives the system Chromium); it is skipped, with the reason, without them.
 The store's own cases (revisions, a deleted folder, a read-only location, a damaged entry, a symlink, two writers, export
-and import, the old JSON file) are tested in nbs/19_quiz_store.ipynb; the widget's "changed elsewhere" in nbs/08.
+and import, the old JSON file) are tested in nbs/19_quiz_store.ipynb; the widget's "changed elsewhere" in nbs/21_quiz.
 """
 import http.client, os, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
