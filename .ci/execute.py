@@ -39,17 +39,44 @@ def skipper(slow:bool=True, cuda:bool=False):
     return skip
 
 
+def is_progress_frame(o)->bool:
+    "Is output `o` one frame of a fastprogress bar? (A kernel redraws one display; execnb keeps every frame.)"
+    html = o.get('data', {}).get('text/html', '')
+    return '<progress' in (''.join(html) if isinstance(html, list) else html)
+
+
 def report(slower_than:float=5.0):
-    "A `postproc` for execnb: print every cell that took more than `slower_than` seconds."
+    "A `postproc` for execnb: drop progress-bar frames; print every cell that took more than `slower_than` seconds."
     def post(cell):
+        cell.outputs = [o for o in cell.get('outputs', []) if not is_progress_frame(o)]
         s = time.perf_counter() - _started[cell.idx_]
         if s > slower_than: print(f'  cell {cell.idx_:3d}: {s:5.0f} s  {cell.source.splitlines()[0][:70]}', flush=True)
     return post
 
 
+def as_in_jupyter():
+    """Outputs as a Jupyter kernel makes them: fastprogress's HTML bars (fastcore decides it is in a notebook once, when
+    first imported, so call this before anything imports fastai), and a cell ending in `;` keeps what it printed."""
+    import fastcore.imports as fi
+    fi.IN_IPYTHON = fi.IN_JUPYTER = fi.IN_NOTEBOOK = True
+    from IPython.utils.capture import capture_output
+    from fastcore.basics import AttrDict
+    from execnb.shell import CaptureShell
+    from IPython.core.interactiveshell import InteractiveShell
+    def _run(self, raw_cell, store_history=False, silent=False, shell_futures=True, cell_id=None, stdout=True, stderr=True,
+             display=True, verbose=False):
+        "execnb's `CaptureShell._run`, except that `;` hides only the cell's value (as in Jupyter), not its printed lines."
+        with capture_output(display=display, stdout=stdout and not verbose, stderr=stderr and not verbose) as c:
+            result = InteractiveShell.run_cell(self, raw_cell, store_history, silent, shell_futures=shell_futures, cell_id=cell_id)
+        return AttrDict(result=result, stdout=c.stdout, stderr=c.stderr, display_objects=c.outputs,
+                        exception=result.error_in_exec or result.error_before_exec, quiet=raw_cell.rstrip().endswith(';'))
+    CaptureShell._run = _run
+    return CaptureShell
+
+
 def execute(nb:Path, dest:Path, slow:bool=True, cuda:bool|None=None):
     "Execute notebook `nb` (cwd: its folder) and write it, whole, to `dest`; raises on the first failing cell."
-    from execnb.shell import CaptureShell
+    CaptureShell = as_in_jupyter()
     from execnb.nbio import read_nb, write_nb
     os.environ.pop('MPLBACKEND', None)
     if cuda is None:
@@ -65,13 +92,14 @@ def execute(nb:Path, dest:Path, slow:bool=True, cuda:bool|None=None):
     os.replace(tmp, dest)
 
 
-def _one(name:str, dest:Path, slow:bool)->tuple:
+def _one(name:str, dest:Path, slow:bool, threads:int)->tuple:
     "Execute notebook `name` in a fresh process: (name, seconds, error text or None)."
     t = time.perf_counter()
     code = f'import sys; sys.path.insert(0, {str(ROOT/".ci")!r}); from execute import execute; ' \
            f'from pathlib import Path; execute(Path({str(NBS/name)!r}), Path({str(dest/name)!r}), slow={slow})'
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}
-    r = subprocess.run([sys.executable, '-W', 'ignore', '-c', code], env=env, capture_output=True, text=True)
+    env.setdefault('OMP_NUM_THREADS', str(threads))   # notebooks side by side share the cores, as the tests' workers do
+    r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
     print(f'{name}: {"executed" if r.returncode == 0 else "FAILED"} in {time.perf_counter()-t:.0f} s', flush=True)
     if r.stdout.strip(): print(r.stdout.rstrip(), flush=True)
     return name, r.returncode == 0 or r.stderr[-3000:]
@@ -88,10 +116,12 @@ def main(argv=None):
     if missing := [n for n in names if not (NBS/n).exists()]: raise SystemExit(f'execute: no notebook {missing[0]} in nbs/')
     os.environ.setdefault('PETBREEDS_PROFILE', 'offline')
     a.dest.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(a.jobs) as ex: done = list(ex.map(lambda n: _one(n, a.dest.resolve(), not a.no_slow), names))
+    threads = max(1, len(os.sched_getaffinity(0))//a.jobs)
+    with ThreadPoolExecutor(a.jobs) as ex: done = list(ex.map(lambda n: _one(n, a.dest.resolve(), not a.no_slow, threads), names))
     failed = [(n, e) for n, e in done if e is not True]
     for n, e in failed: print(f'--- {n}\n{e}', file=sys.stderr)
-    subprocess.run(['nbdev_clean', '--fname', str(a.dest)], cwd=ROOT, check=False)
+    for n, e in done:
+        if e is True: subprocess.run(['nbdev_clean', '--fname', str(a.dest/n)], cwd=ROOT, check=False)
     if failed: raise SystemExit(f'execute: {len(failed)} notebook(s) failed: {", ".join(n for n, _ in failed)}')
 
 

@@ -8,7 +8,7 @@ where a GPU runner is configured); nothing it writes is ever committed.
     python .ci/real_pets.py --profile quick --dest nbs              # CI: executed copies replace the checkout's nbs/
     python .ci/real_pets.py --dest /tmp/real 05_lr_finder            # one notebook, somewhere else
 """
-import argparse, os, re, sys, time
+import argparse, os, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,27 +16,19 @@ CHAPTER = ['01_data_layout', '02_presizing', '03_cross_entropy', '04_interpretat
            '07_architectures']
 
 
-def _skip(profile):
-    "A `preproc` for execnb: skip `eval: false` cells, and `slow`/`cuda` ones unless the profile is `full`."
-    def skip(cell):
-        ds = set(re.findall(r'^#\|\s*([\w-]+(?::\s*\w+)?)', cell.source, re.M))
-        if cell.cell_type != 'code' or any(re.fullmatch(r'eval:\s*false', d) for d in ds): return True
-        return profile != 'full' and bool(ds & {'slow', 'cuda', 'notest'})
-    return skip
+sys.path.insert(0, str(ROOT/'.ci'))
+from execute import as_in_jupyter, execute as execute_nb
 
 
 def execute(names, dest:Path, profile:str, src:Path=ROOT/'nbs'):
-    "Execute each notebook in `names` from `src` (cwd = `src`, as nbdev_test does) and write it to `dest`."
-    from execnb.shell import CaptureShell
+    "Execute each notebook in `names` from `src` into `dest`, figures kept; `slow` cells only in the `full` profile."
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
         nb = src/(name if name.endswith('.ipynb') else f'{name}.ipynb')
         if not nb.exists(): raise SystemExit(f'real_pets: no notebook {nb.name} in {src}')
-        t, cwd = time.perf_counter(), os.getcwd()
-        os.chdir(src)
-        try: CaptureShell().execute(nb, dest/nb.name, exc_stop=True, preproc=_skip(profile))
+        t = time.perf_counter()
+        try: execute_nb(nb, dest/nb.name, slow=profile == 'full')
         except Exception as e: raise SystemExit(f'real_pets: {nb.name} failed on the {profile} profile: {type(e).__name__}: {e}')
-        finally: os.chdir(cwd)
         print(f'{nb.name}: executed in {time.perf_counter()-t:.0f} s -> {dest/nb.name}', flush=True)
 
 
@@ -46,6 +38,7 @@ def main(argv=None):
     ap.add_argument('--profile', default='quick', choices=('quick', 'full'), help='quick (CPU) or full (GPU)')
     ap.add_argument('--dest', required=True, type=Path, help='folder for the executed copies')
     a = ap.parse_args(argv)
+    as_in_jupyter()                                  # before fastai is imported: its progress bars as HTML
     os.environ['PETBREEDS_PROFILE'] = a.profile
     os.environ.pop('PETBREEDS_DATA', None)          # the real data set, not a local folder
     from petbreeds.profiles import get_profile, ProfileError

@@ -53,6 +53,7 @@ class Profile:
     epochs:int            # `fine_tune(epochs)`
     freeze_epochs:int=1   # `fine_tune(..., freeze_epochs=)`
     lr_find_iters:int=100 # mini-batches an `lr_find` may use
+    max_epochs:int|None=None # most epochs one of the book's training calls runs (`None`: the book's own; see `ep`)
     min_scale:float=0.75  # `aug_transforms(min_scale=)`
     fold_crop:bool=True   # one resampling per batch: the random crop folded into the geometry (`fold_crop`)
     recipe:str='fine_tune' # 'fine_tune' (the book's), 'manual' (freeze, fit_one_cycle, unfreeze, fit_one_cycle)
@@ -68,13 +69,17 @@ class Profile:
     @property
     def is_offline(self): return self.name=='offline'
     def few_shot(self)->Profile: return replace(self, **FEW_SHOT)   # the recipe for a few photos per breed on a CPU
+    def ep(self, n:int)->int:
+        "The book's `n` epochs as this profile trains them: `n` itself, or at most `max_epochs`."
+        return n if self.max_epochs is None else min(n, self.max_epochs)
 
     def describe(self):
         "One line: the profile, why it was chosen, and what it will use."
         data = str(self.data)
         if self.per_breed: data += f' ({self.per_breed} per breed)' if self.data.builtin else f' (≤{self.per_breed} per breed)'
+        cap = '' if self.max_epochs is None else f', at most {self.max_epochs} epochs per training call'
         return (f"{self.name}: {self.reason} — using {data} and {_ARCH_NAMES.get(self.arch, self.arch)}, "
-                f"{self.presize}→{self.size} px, bs {self.bs}, {self.device}")
+                f"{self.presize}→{self.size} px, bs {self.bs}, {self.device}{cap}")
 
 # %% ../nbs/09_profiles.ipynb #7cdf3b4b
 _ARCH_NAMES = dict(resnet18='resnet18', resnet34='resnet34', resnet50='resnet50', efficientnet_lite0='EfficientNet-Lite0')
@@ -83,9 +88,9 @@ PROFILES = dict(
     full   =Profile('full',    PETS,      'resnet34',           presize=460, size=224, bs=64, per_breed=None, epochs=2,
                     fold_crop=False),   # the book's pipeline exactly: two resamplings per batch
     quick  =Profile('quick',   PETS,      'resnet18',           presize=160, size=128, bs=32, per_breed=16,   epochs=2,
-                    lr_find_iters=50),
+                    lr_find_iters=50, max_epochs=2),
     offline=Profile('offline', SYNTHETIC, 'efficientnet_lite0', presize=96,  size=64,  bs=32, per_breed=12,   epochs=2,
-                    lr_find_iters=30),
+                    lr_find_iters=30, max_epochs=2),
 )
 
 # %% ../nbs/09_profiles.ipynb #3df34b12

@@ -1,5 +1,9 @@
 """Shared test helpers, and how the suite runs fast: tests spread over one pytest-xdist worker per core (options in
-pyproject.toml), longest first; the synthetic pets are drawn once, before the workers start; a table of times at the end."""
+pyproject.toml), longest first; the synthetic pets are drawn once, before the workers start; a table of times at the end.
+
+Two tiers. `python -m pytest tests` is the default tier: every notebook without its `#| slow` cells (nbdev's own skip
+flag) and every test not marked `slow`. `python -m pytest tests --slow` (or `PETBREEDS_SLOW=1`) runs the slow cells and
+the slow tests too; `--slow -m slow` runs only what the default tier leaves out (`.ci/run` runs both tiers)."""
 import fcntl, json, multiprocessing as mp, os, runpy, subprocess, sys, time, traceback, warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = Path(os.environ.get('PETBREEDS_SAMPLE', ROOT.parent/'shared'/'data'/'oxford-pets-sample'/'images'))
 CACHE = ROOT/'.ci-cache'
-TIMES = CACHE/'test-times.json'   # each test's last duration: the next run starts the longest first
+def times_file(config)->Path:
+    "Each test's last duration, per tier: the next run starts the longest first."
+    return CACHE/f"test-times{'-slow' if slow_tier(config) else ''}.json"
 
 def offline_env(**kw):
     "The environment tests run notebooks and commands in: the offline profile unless a test says otherwise."
@@ -110,6 +116,12 @@ def pytest_sessionfinish(session, exitstatus):
     print(f'\nThe test run changed the checkout (tests must write to temporary folders): {changed[:5]}')
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+def pytest_addoption(parser):
+    parser.addoption('--slow', action='store_true', default=os.environ.get('PETBREEDS_SLOW', '') not in ('', '0'),
+                     help="the slow tier too: notebooks' `#| slow` cells and tests marked `slow` (PETBREEDS_SLOW=1)")
+
+def slow_tier(config)->bool: return bool(config.getoption('--slow'))
+
 def _workers(config): return int(getattr(config, 'workerinput', {}).get('workercount', 0))
 
 @pytest.hookimpl(optionalhook=True)   # a hook of pytest-xdist: fine without it
@@ -118,6 +130,8 @@ def pytest_xdist_auto_num_workers(config):
     return len(os.sched_getaffinity(0))
 
 def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: in the slow tier only (`--slow`): long training runs, whole-program runs')
+    config.addinivalue_line('markers', 'slow_cells: a notebook with `#| slow` cells (in the slow tier, run with them)')
     os.environ.setdefault('PETBREEDS_HOME', str(CACHE/'petbreeds'))
     os.environ.setdefault('FASTAI_HOME', str(CACHE/'fastai'))
     os.environ.setdefault('MPLBACKEND', 'Agg')
@@ -137,8 +151,15 @@ def _module_scoped(item):
     defs = getattr(getattr(item, '_fixtureinfo', None), 'name2fixturedefs', {})
     return any(d.scope in ('module', 'class') for ds in defs.values() for d in ds)
 
+@pytest.hookimpl(tryfirst=True)   # before `-m` selects
 def pytest_collection_modifyitems(config, items):
-    try: times = json.loads(TIMES.read_text())
+    for o in items:   # a notebook with `#| slow` cells is in the slow tier too, run with them
+        if 'slow_cells' in o.keywords and slow_tier(config): o.add_marker(pytest.mark.slow)
+    if not slow_tier(config):
+        skip = pytest.mark.skip(reason='slow tier: run with --slow (or PETBREEDS_SLOW=1)')
+        for o in items:
+            if 'slow' in o.keywords: o.add_marker(skip)
+    try: times = json.loads(times_file(config).read_text())
     except (OSError, ValueError): times = {}
     # unknown tests count as slow: notebooks first, then the rest in file order
     items.sort(key=lambda o: -times.get(o.nodeid, 1000 if 'test_notebooks' in o.nodeid else 500))
@@ -180,7 +201,8 @@ def pytest_terminal_summary(terminalreporter, config):
     tr.write_line(f'{sum(_durations.values()):.0f} s of tests on {n} worker(s) in {wall:.0f} s, '
                   f'of which {warm:.0f} s warming the caches ({len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.1f})')
     try:
-        old = json.loads(TIMES.read_text()) if TIMES.exists() else {}
-        TIMES.parent.mkdir(parents=True, exist_ok=True)
-        TIMES.write_text(json.dumps({**old, **{k: round(v, 1) for k,v in _durations.items()}}, indent=1, sort_keys=True))
+        f = times_file(config)
+        old = json.loads(f.read_text()) if f.exists() else {}
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({**old, **{k: round(v, 1) for k,v in _durations.items()}}, indent=1, sort_keys=True))
     except (OSError, ValueError): pass

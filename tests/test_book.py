@@ -1,8 +1,11 @@
-"The `full` profile runs the book's training calls exactly; `quick` and `offline` run the same calls, scaled down."
+"""The chapter's cells make the book's training calls, exactly in `full`; `quick` and `offline` make the same calls with
+fewer epochs."""
+import json, re
 from dataclasses import replace
 from fastai.callback.schedule import minimum, steep
-from petbreeds.book import BOOK_RECIPES, EPOCH_CAP, book_calls, run_recipe
+from petbreeds.book import BOOK_RECIPES, book_calls, chapter_calls
 from petbreeds.profiles import PROFILES
+from conftest import ROOT
 
 # The book's cells (fastbook 05_pet_breeds.ipynb), written out: (method, positional args, keyword args).
 BOOK = dict(
@@ -33,7 +36,7 @@ def test_full_profile_is_the_book_argument_by_argument():
 
 def test_small_profiles_scale_epochs_and_keep_rates():
     for pname in ('quick', 'offline'):
-        p, cap = PROFILES[pname], EPOCH_CAP[pname]
+        p, cap = PROFILES[pname], PROFILES[pname].max_epochs
         for name, calls in BOOK.items():
             ours = _plain(book_calls(name, p))
             book = [c for c in calls if c[0] != 'to_fp16']      # no GPU here: to_fp16 is left out
@@ -44,15 +47,23 @@ def test_small_profiles_scale_epochs_and_keep_rates():
                     assert k == {n: (min(v, cap) if n == 'freeze_epochs' else v) for n, v in bk.items()}, (name, k)
                 if m == 'lr_find': assert k == {**bk, 'num_it': p.lr_find_iters}
 
-class _Rec:
-    def __init__(self): self.calls = []
-    def __getattr__(self, meth): return lambda *a, **k: self.calls.append((meth, a, k))
+def _chapter_calls():
+    "The training calls the chapter's cells (notebooks 04-07) make, in order, as they read in `full`."
+    calls = []
+    for nb in sorted((ROOT/'nbs').glob('0[4-7]_*.ipynb')):
+        for c in json.loads(nb.read_text())['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type']!='code' or re.search(r'^#\|\s*export', src, re.M) or src.lstrip().startswith(('%', '!')): continue
+            calls += _plain(chapter_calls(src))
+    return calls
 
-def test_run_recipe_prints_one_line_only_when_it_differs(capsys):
-    full = replace(PROFILES['full'], device='cuda')
-    r = _Rec(); run_recipe(r, 'discriminative', full)
-    assert r.calls == BOOK['discriminative'] and capsys.readouterr().out == ''
-    r = _Rec(); run_recipe(r, 'discriminative', PROFILES['offline'])
-    out = capsys.readouterr().out
-    assert out.count('\n') == 1 and 'fit_one_cycle(12, lr_max=slice(1e-6, 1e-4))' in out and out.startswith('offline profile:')
-    assert r.calls[-1] == ('fit_one_cycle', (2,), {'lr_max': slice(1e-6, 1e-4)})
+def _within(calls, seq):
+    "Is `seq` a run of consecutive items of `calls`?"
+    return any(calls[i:i+len(seq)] == seq for i in range(len(calls)-len(seq)+1))
+
+def test_chapter_cells_make_the_books_calls():
+    "In `full` (each `ep(n)` read as `n`), the chapter's own cells make every one of the book's training calls, in order."
+    got = _chapter_calls()
+    assert len(got) >= sum(map(len, BOOK.values()))
+    for name, calls in BOOK.items(): assert _within(got, calls), (name, calls)
+    assert PROFILES['full'].lr_find_iters == 100   # `num_it=num_it` in full is fastai's default

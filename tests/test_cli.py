@@ -43,6 +43,7 @@ def test_train_offline(trained):
     assert len(res['seconds_per_epoch']) == 2
     assert (out/'model.pkl').stat().st_size > 1_000_000 and (out/'model.safetensors').stat().st_size > 1_000_000
 
+@pytest.mark.slow   # two training processes under torchrun
 def test_train_distributed_gloo(trained, tmp_path):
     "Two CPU processes under torchrun: both train, only rank 0 writes, the error rate is in line with one process."
     r1, _ = trained
@@ -134,6 +135,7 @@ def test_console_script_one_line_error():
     assert r.returncode == 2
     assert r.stderr.strip().count('\n') == 0 and 'written backwards' in r.stderr and 'Traceback' not in r.out
 
+@pytest.mark.slow   # the whole benchmark
 def test_bench_prints_all_four_ratios(tmp_path):
     "`petbreeds bench` (offline): the data pipeline, loss, lr finder and throughput ratios, printed and written as JSON."
     # one thread (here and below): the other pytest worker has the other core; two threads each would only fight over them
@@ -150,6 +152,7 @@ def test_bench_prints_all_four_ratios(tmp_path):
     assert {(o['arch'], o['precision']) for o in res['throughput']} >= {('efficientnet_lite0', 'float32'), ('efficientnet_lite0', 'bfloat16')}
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f'no real photo sample at {SAMPLE}')
+@pytest.mark.slow   # trains on the real photos at 288 px
 def test_train_evaluate_predict_real_photos(tmp_path):
     "The 148 real photos (test data only, never copied into the repo): the default few-shot recipe, then evaluate and predict."
     out = tmp_path/'real'

@@ -83,6 +83,7 @@ def _wait_for_saves(files, quiet:float=2.0, timeout:float=30.0):
         last = now
         time.sleep(quiet)
 
+@pytest.mark.slow   # JupyterLab and Chromium open every notebook
 def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
     base, token, root = lab
     before = {nb: (ROOT/'nbs'/nb).read_bytes() for nb in NOTEBOOKS}

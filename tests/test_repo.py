@@ -68,8 +68,31 @@ def _page_text(nb):
             for v in o.get('data', {}).values(): out.append(''.join(v) if isinstance(v, list) else str(v))
     return '\n'.join(out)
 
+CHAPTER = sorted((ROOT/'nbs').glob('0[1-8]_*.ipynb'))
+_DRAWS = re.compile(r'\.show_batch\(|show_images?\(|\.plot\w*\(|plot_function\(|\bplt\.|plot_top_losses|plot_confusion|\.show_results\(')
+_NOT_SHOWN = re.compile(r'^#\|\s*(export|hide|eval:\s*false)\b', re.M)
+
+def _images(cell): return sum(k.startswith('image/') for o in cell.get('outputs', []) for k in o.get('data', {}))
+
+def drawing_cells(nb:dict)->list:
+    "Indices of the code cells a reader sees that draw something (a call, not a definition), with their stored image count."
+    out = []
+    for i, c in enumerate(nb['cells']):
+        src = ''.join(c['source']) if c['cell_type']=='code' else ''
+        code = re.sub(r"'[^'\n]*'|\"[^\"\n]*\"|#.*", "''", src)   # strings and comments don't draw
+        if src and not _NOT_SHOWN.search(src) and _DRAWS.search(code) and not re.match(r'\s*(def|class)\s', code):
+            out.append((i, _images(c)))
+    return out
+
+def test_every_drawing_cell_stores_its_figure():
+    "What a learner sees on GitHub or the docs: each chapter cell that draws has its picture in the stored outputs."
+    blank = {nb.name: [i for i, n in drawing_cells(json.loads(nb.read_text())) if not n] for nb in CHAPTER}
+    assert sum(len(drawing_cells(json.loads(nb.read_text()))) for nb in CHAPTER) >= 20   # the check finds the chapter's figures
+    assert not any(blank.values()), f'drawing cells without a stored figure (execute with python .ci/execute.py): {blank}'
+
 def test_docs_pages_render(copy):
-    "What Quarto would render: nbdev's processed notebooks have their titles and every exported symbol's docs."
+    """What Quarto would render: nbdev's processed notebooks have their titles and every exported symbol's docs, and the
+    chapter's pages, rendered to HTML by nbconvert (Quarto cannot be installed here), show every stored figure."""
     # one process, in a child of the fork server: each notebook's imports are then already there (nbdev's default spawns
     # a fresh process per core, each importing fastai again); what it writes is the same
     r = run_python(['-c', 'from nbdev.serve import proc_nbs; proc_nbs(n_workers=0)'], cwd=copy, timeout=1500)
@@ -91,11 +114,21 @@ def test_docs_pages_render(copy):
             assert re.search(rf'#{{3,4}} {re.escape(short)}\b', pages[nbname]), f'{sym}: no rendered signature in {nbname}'
             doc = (getattr(__import__(mod, fromlist=[short]), short).__doc__ or '').strip().splitlines()
             if doc: assert doc[0][:40] in pages[nbname], f'{sym}: docstring not rendered in {nbname}'
+    import nbformat
+    from nbconvert import HTMLExporter
+    html = HTMLExporter()
+    for nb in CHAPTER:
+        shown = sum(_images(c) for c in json.loads(nb.read_text())['cells'] if not _NOT_SHOWN.search(''.join(c['source'])))
+        body, _ = html.from_notebook_node(nbformat.read(proc/nb.name, as_version=4))
+        assert body.count('<img src="data:image/') >= shown > 0, f'{nb.name}: {shown} figures stored, fewer on its page'
 
-def test_ci_runs_the_readme_test_command():
-    ci = (ROOT/'.ci'/'run').read_text().strip().splitlines()[-1]
-    assert ci=='python -m pytest tests'
-    assert f'\n{ci}\n' in (ROOT/'README.md').read_text()
+def test_ci_runs_the_readme_test_commands():
+    "`.ci/run` runs README's test command (the default tier), then the slow tier, and prints each tier's time."
+    ci, readme = (ROOT/'.ci'/'run').read_text(), (ROOT/'README.md').read_text()
+    for cmd in ('python -m pytest tests', 'python -m pytest tests --slow'):
+        assert re.search(rf'^{re.escape(cmd)}\b', ci, re.M) and f'\n{cmd}' in readme, cmd
+    assert ci.index('\npython -m pytest tests\n') < ci.index('\npython -m pytest tests --slow -m slow\n')
+    assert 'default tier took' in ci and 'slow tier took' in ci
 
 def test_imports_in_cells_of_their_own():
     "nbdev's docs processing runs every cell that imports; such cells must do nothing else (nbdev's FAQ), or the docs build runs them without their context."
@@ -111,13 +144,15 @@ def test_imports_in_cells_of_their_own():
     assert not bad, '\n'.join(bad)
 
 def test_notebooks_as_a_learner_opens_them():
-    "Each notebook names its kernel (JupyterLab asks for none) and its stored outputs hold no paths of the machine that ran it."
+    """Each notebook names its kernel (JupyterLab asks for none) and its stored outputs hold no paths of the machine that ran it,
+    nor the frames of a progress bar (a kernel redraws one display; an executor that keeps every frame stores hundreds)."""
     local = re.compile(r'(?<![\w.~])/(?:root|tmp|work|home/\w+)/')
     for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
         j = json.loads(nb.read_text())
         assert j['metadata'].get('kernelspec', {}).get('name')=='python3', f'{nb.name}: no python3 kernelspec'
         outs = json.dumps([c.get('outputs', []) for c in j['cells']])
         assert not local.findall(outs), f'{nb.name}: local paths in outputs, e.g. {local.search(outs).group()}'
+        assert '<progress' not in outs, f'{nb.name}: progress-bar frames stored (execute with python .ci/execute.py, which drops them)'
 
 def _defs(tree):
     return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
