@@ -3,7 +3,7 @@ real `oxford-iiit-pet/images` layout, and a resnet18 state dict in `$TORCH_HOME/
 the ImageNet weights, so the automatic profile choice, the download and the subset all run for real.
 Hostile mirrors too: a silent server, a 404, a transfer cut short, and crafted tarballs (`../` members, absolute names,
 links pointing outside, devices, a truncated archive, one without `images/`)."""
-import http.server, tarfile, threading, io, sys, functools
+import http.server, tarfile, threading, io, os, sys, functools
 from pathlib import Path
 import pytest
 from PIL import Image
@@ -32,7 +32,9 @@ def mirror(tmp_path_factory):
     torch_home = root/'torch'; (torch_home/'hub'/'checkpoints').mkdir(parents=True)
     import torch, torchvision
     torch.save(torchvision.models.resnet18().state_dict(), torch_home/'hub'/'checkpoints'/'resnet18-f37072fd.pth')
-    yield dict(url=f'http://127.0.0.1:{srv.server_address[1]}', torch_home=torch_home, home=root/'fastai', cache=root/'cache')
+    # the synthetic pets a fallback to offline uses: the ones the test run drew once (conftest's warm_caches), only read here
+    yield dict(url=f'http://127.0.0.1:{srv.server_address[1]}', torch_home=torch_home, home=root/'fastai',
+               cache=Path(os.environ['PETBREEDS_HOME']), root=root)
     srv.shutdown()
 
 def _env(m, url, **kw):
@@ -73,7 +75,7 @@ def test_forced_profile_fails_clearly(mirror):
     assert 'DataError: Could not download Oxford-IIIT Pet' in r.out and 'PETBREEDS_PROFILE=offline' in r.out
 
 def test_unreachable_means_offline(mirror):
-    r = run_python(['-W', 'ignore', '-c', SCRIPT], env=_env(mirror, 'http://127.0.0.1:9/nothing.tgz', FASTAI_HOME=mirror['cache']/'empty'))
+    r = run_python(['-W', 'ignore', '-c', SCRIPT], env=_env(mirror, 'http://127.0.0.1:9/nothing.tgz', FASTAI_HOME=mirror['root']/'empty'))
     assert r.returncode==0, r.out
     assert 'offline: http://127.0.0.1:9/nothing.tgz unreachable — using synthetic pets' in r.out
 
@@ -172,6 +174,7 @@ def test_silent_server_times_out(www, tmp_path):
     assert 'the server sent nothing for 1 s' in str(e.value) and '\n' not in str(e.value)
     assert _clean(tmp_path/'data') == []
 
+@pytest.mark.slow   # waits for the 30 s read timeout
 def test_silent_mirror_does_not_hang(www, tmp_path):
     "`download_pets` with its default timeouts, in another process, against a mirror that never answers: a line in ~30 s."
     script = ('import time\nfrom petbreeds.data import download_pets\nt0 = time.perf_counter()\n'
