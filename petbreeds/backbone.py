@@ -81,9 +81,7 @@ def pets_learner(dls, arch='resnet34', metrics=error_rate, **kwargs)->Learner:
     "A `vision_learner` for `dls` with an architecture name from `ARCHS` (or an architecture), reporting the error rate."
     learn = vision_learner(dls, get_arch(arch), metrics=metrics, **kwargs)
     if arch in CHANNELS_LAST_ON_CPU and torch.device(dls.device or 'cpu').type=='cpu':
-        learn.add_cb(ChannelsLast())                        # inputs and model, in every fit
-        learn.model.to(memory_format=torch.channels_last)   # and outside one: features, `predict`
-        fast_depthwise(learn.model)
+        learn.add_cb(ChannelsLast())   # the inputs too (`efficientnet_lite0()` is channels-last and fast already)
     return learn
 
 # %% ../nbs/11_backbone.ipynb #ef8283e3
