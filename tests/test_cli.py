@@ -146,8 +146,9 @@ def test_bench_prints_all_four_ratios(tmp_path):
         assert s in r.stdout, r.stdout
     res = json.loads((tmp_path/'bench.json').read_text())
     assert res['profile'] == 'offline'
-    assert res['pipeline']['ratio'] > 0 and res['lr_find']['time_ratio'] > 0
-    assert res['pipeline']['ratio_to_two'] > 0 and 'crop folded in / two resamplings' in r.stdout   # offline folds the crop
+    ok = lambda r: 0.05 < r < 20   # a measured ratio of two times: not 0, inf or nan
+    assert ok(res['pipeline']['ratio']) and ok(res['lr_find']['time_ratio'])
+    assert ok(res['pipeline']['ratio_to_two']) and 'crop folded in / two resamplings' in r.stdout   # offline folds the crop
     assert res['cross_entropy']['max_diff'] < 1e-5 and res['cross_entropy']['max_grad_diff'] < 1e-5
     assert {(o['arch'], o['precision']) for o in res['throughput']} >= {('efficientnet_lite0', 'float32'), ('efficientnet_lite0', 'bfloat16')}
 
