@@ -93,7 +93,7 @@ def execute(nb:Path, dest:Path, slow:bool=True, cuda:bool|None=None):
 
 
 def _one(name:str, dest:Path, slow:bool, threads:int)->tuple:
-    "Execute notebook `name` in a fresh process: (name, seconds, error text or None)."
+    "Execute notebook `name` in a fresh process: (name, `True`, or the end of its error output)."
     t = time.perf_counter()
     code = f'import sys; sys.path.insert(0, {str(ROOT/".ci")!r}); from execute import execute; ' \
            f'from pathlib import Path; execute(Path({str(NBS/name)!r}), Path({str(dest/name)!r}), slow={slow})'

@@ -4,9 +4,8 @@
 
 # %% ../nbs/13_book.ipynb #4a0ec156
 from __future__ import annotations
-import ast, re
+import ast
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from .profiles import Profile
 from fastai.callback.schedule import minimum, steep
 
@@ -34,7 +33,6 @@ class Call:
     def __repr__(self):
         args = [*map(_fmt, self.args), *(f'{k}={_fmt(v)}' for k,v in self.kwargs.items())]
         return f"{self.meth}({', '.join(args)})"
-    def __call__(self, learn): return getattr(learn, self.meth)(*self.args, **self.kwargs)
 
 # %% ../nbs/13_book.ipynb #7dc4ec92
 BOOK_RECIPES = dict(
