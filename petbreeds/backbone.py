@@ -8,7 +8,6 @@ __all__ = ['LITE0_STATS', 'ARCHS', 'CHANNELS_LAST_ON_CPU', 'SMALL_MAP', 'lite0_s
            'fast_depthwise']
 
 # %% ../nbs/11_backbone.ipynb #57aeeaaf
-from .profiles import PROFILES   # first: importing it quiets the torch.jit.script deprecation fastai's import trips
 import torch
 from torch import nn
 import timm

@@ -4,20 +4,20 @@
 
 # %% ../nbs/09_profiles.ipynb #3015835a
 from __future__ import annotations
-import os, socket, threading, urllib.parse, warnings
+import os, socket, threading, urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
-# fastai's import trips torch's deprecation of `torch.jit.script`; it is fastai's to fix, and only noise for a learner
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 import torch
 from torchvision.models import get_model_weights
 from fastai.data.external import URLs, fastai_cfg
+import pandas as pd
+from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
-__all__ = ['PETS', 'SYNTHETIC', 'PROFILES', 'FEW_SHOT', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'DataSource', 'Profile', 'pets_url',
-           'reachable', 'pets_cached', 'weights_cached', 'can_get_pets', 'can_get_weights', 'ProfileError',
-           'get_profile', 'check_claim']
+__all__ = ['PETS', 'SYNTHETIC', 'PROFILES', 'FEW_SHOT', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'SEEDS', 'DataSource', 'Profile',
+           'pets_url', 'reachable', 'pets_cached', 'weights_cached', 'can_get_pets', 'can_get_weights', 'ProfileError',
+           'get_profile', 'check_claim', 'over_seeds', 'mean_sd']
 
 # %% ../nbs/09_profiles.ipynb #eaee9aa1
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ PROFILES = dict(
                     fold_crop=False),   # the book's pipeline exactly: two resamplings per batch
     quick  =Profile('quick',   PETS,      'resnet18',           presize=160, size=128, bs=32, per_breed=16,   epochs=2,
                     lr_find_iters=50, max_epochs=2),
-    offline=Profile('offline', SYNTHETIC, 'efficientnet_lite0', presize=96,  size=64,  bs=32, per_breed=12,   epochs=2,
+    offline=Profile('offline', SYNTHETIC, 'efficientnet_lite0', presize=144, size=96,  bs=16, per_breed=16,   epochs=2,
                     lr_find_iters=30, max_epochs=2),
 )
 
@@ -208,3 +208,22 @@ def check_claim(ok:bool, # did the outcome the text describes happen?
     if profile.data.builtin: raise AssertionError(f"Expected: {claim}")
     print(f"Not seen on your {profile.data}: {claim}. With few images per breed or small sizes the model may be too weak "
           "to show it; more images, a larger size or more epochs usually do.")
+
+# %% ../nbs/09_profiles.ipynb #eff9b8f8
+SEEDS = (0, 1, 2)
+
+def over_seeds(f, # called with each seed: returns a number, or a dict of numbers
+               seeds=SEEDS)->pd.DataFrame:
+    "`f(seed)` for every seed, a row each, then the rows 'mean' and 'sd' (the sample standard deviation)."
+    rows = {s: f(s) for s in progress_bar(list(seeds), leave=False)}
+    df = pd.DataFrame([r if isinstance(r, dict) else {'value': r} for r in rows.values()], index=list(rows), dtype=float)
+    return pd.concat([df, df.agg(['mean', 'std']).rename(index={'std': 'sd'})])
+
+# %% ../nbs/09_profiles.ipynb #35becd32
+def mean_sd(df:pd.DataFrame, # from `over_seeds`
+            col:str='value', # the column to quote
+            pct:bool=True, # as percentages
+           )->str:
+    "'mean ± sd' of `col`, as the text quotes it."
+    m, s = df.loc['mean', col], df.loc['sd', col]
+    return f'{m:.1%} ± {s:.1%}' if pct else f'{m:.3g} ± {s:.2g}'

@@ -180,13 +180,10 @@ _FORMAT = 'petbreeds-quiz-answers'
 
 @patch_to(Store)
 def export(self, dest)->Path:
-    "Write the answers to `dest`: JSON (to import again), or markdown if it ends in `.md`."
+    "Write the answers to `dest` as JSON, to import again (the quiz writes them as markdown: `answers_markdown`)."
     dest = Path(dest)
     vals = {k: v for k,(v,_) in sorted(self.values.items())}
-    if dest.suffix == '.md':
-        from petbreeds.quiz import answers_markdown
-        dest.write_text(answers_markdown(vals), encoding='utf-8')
-    else: dest.write_text(json.dumps(dict(format=_FORMAT, version=1, answers=vals), indent=1, ensure_ascii=False), encoding='utf-8')
+    dest.write_text(json.dumps(dict(format=_FORMAT, version=1, answers=vals), indent=1, ensure_ascii=False), encoding='utf-8')
     return dest
 
 @patch_to(Store)

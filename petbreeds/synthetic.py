@@ -18,7 +18,7 @@ from .data import BREEDS
 __all__ = ['VERSION', 'TRAITS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
 
 # %% ../nbs/10_synthetic.ipynb #41765c24
-VERSION = 3  # bump whenever the drawing changes: it is part of the cache folder's name
+VERSION = 4  # bump whenever the drawing changes: it is part of the cache folder's name
 
 # %% ../nbs/10_synthetic.ipynb #d3cdc60c
 # data, kept beside the module: a row per breed, a column per trait; `|` separates choices, `*8` weighs one (see `_choice`)
