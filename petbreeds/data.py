@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from fastai.vision.all import *
+from .download import get_dataset, DownloadError   # plumbing (17, 10): each imports nothing from this module
+from .synthetic import make_synthetic_pets
 
 # %% ../nbs/01_data_layout.ipynb #7a26db15
 def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_URL`
@@ -21,7 +23,6 @@ def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_
                   **kwargs, # to `get_dataset` (timeouts, `show_progress`)
                  )->Path:
     "Download and safely extract Oxford-IIIT Pet with [`get_dataset`](17_downloads.ipynb) (reused when there); the folder holding `images`."
-    from petbreeds.download import get_dataset, DownloadError
     url = url or pets_url()
     try: return get_dataset(url, dest, Path(dest)/'archive' if dest else None, must_have='images', **kwargs)
     except DownloadError as e:
@@ -32,7 +33,6 @@ def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_
 def pets_path(profile:Profile, # the run's profile: its data source and images per breed
              )->Path:
     "The folder of images `profile` trains on (downloaded, synthesised or given)."
-    from petbreeds.synthetic import make_synthetic_pets   # here: the synthetic module builds on this one
     if profile.data==SYNTHETIC: return make_synthetic_pets(per_breed=max(profile.per_breed or 12, 12))
     if profile.data==PETS:
         try: return download_pets()/'images'

@@ -90,7 +90,7 @@ PROFILES = dict(
     quick  =Profile('quick',   PETS,      'resnet18',           presize=160, size=128, bs=32, per_breed=16,   epochs=2,
                     lr_find_iters=50, max_epochs=2),
     offline=Profile('offline', SYNTHETIC, 'efficientnet_lite0', presize=144, size=96,  bs=16, per_breed=16,   epochs=2,
-                    lr_find_iters=30, max_epochs=2),
+                    lr_find_iters=30, max_epochs=6),
 )
 
 # %% ../nbs/09_profiles.ipynb #3df34b12

@@ -12,10 +12,9 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageEnhance
-from .data import BREEDS
 
 # %% auto #0
-__all__ = ['VERSION', 'TRAITS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
+__all__ = ['VERSION', 'TRAITS', 'BREEDS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
 
 # %% ../nbs/10_synthetic.ipynb #41765c24
 VERSION = 4  # bump whenever the drawing changes: it is part of the cache folder's name
@@ -24,6 +23,9 @@ VERSION = 4  # bump whenever the drawing changes: it is part of the cache folder
 # data, kept beside the module: a row per breed, a column per trait; `|` separates choices, `*8` weighs one (see `_choice`)
 TRAITS = pd.read_csv(files('petbreeds').joinpath('traits.csv'), index_col='breed', dtype=str, keep_default_na=False)
 _TRAIT_COLS = list(TRAITS.columns)
+
+# %% ../nbs/10_synthetic.ipynb #a67c6ff9
+BREEDS = list(TRAITS.index)   # the 37 breeds, one per row of the table (the same list as `petbreeds.data.BREEDS`, tested below)
 
 # %% ../nbs/10_synthetic.ipynb #f862fe1a
 COLOURS = dict(

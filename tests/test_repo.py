@@ -169,6 +169,34 @@ def test_code_is_nbdev_sized():
     assert not long_fns, long_fns
     assert not long_lines, long_lines
 
+def _imports(p:Path)->set:
+    "The petbreeds modules that module `p` imports, at the top or inside a function."
+    out = set()
+    for n in ast.walk(ast.parse(p.read_text())):
+        if isinstance(n, ast.ImportFrom):
+            mod = n.module or ''
+            if n.level: out |= {mod.split('.')[0]} if mod else {a.name for a in n.names}
+            elif mod.startswith('petbreeds.'): out.add(mod.split('.')[1])
+            elif mod == 'petbreeds': out |= {a.name for a in n.names}
+        elif isinstance(n, ast.Import): out |= {a.name.split('.')[1] for a in n.names if a.name.startswith('petbreeds.')}
+    return out - {p.stem}
+
+def test_imports_form_no_circle():
+    "Modules import one way (issue 21): no module reaches itself through the modules it imports, lazily or not."
+    mods = {p.stem: p for p in (ROOT/'petbreeds').glob('*.py') if p.stem not in ('_modidx', '__init__')}
+    graph = {m: _imports(p) & set(mods) for m, p in mods.items()}
+    def reach(m, seen):
+        for d in graph[m] - seen: seen.add(d); reach(d, seen)
+        return seen
+    circles = sorted(m for m in graph if m in reach(m, set()))
+    assert not circles, {m: sorted(graph[m]) for m in circles}
+    assert 'profiles' not in graph['backbone'], 'backbone imports profiles for its side effect again'
+
+def test_modules_are_small():
+    "No module over about 350 lines (issue 21), the size at which a reader still holds one in their head."
+    big = {p.name: n for p in (ROOT/'petbreeds').glob('*.py') if p.stem!='_modidx' and (n := len(p.read_text().splitlines())) > 360}
+    assert not big, big
+
 def test_readme_links_badges_and_licence():
     "README works on GitHub and on the site: its links reach files and pages that exist, it shows the docs site and the CI and docs badges, and the licence is Apache-2.0."
     readme = (ROOT/'README.md').read_text()
