@@ -238,3 +238,34 @@ def test_ctrl_c_stops_at_once_and_leaves_nothing_complete(tmp_path):
     assert 'petbreeds: interrupted' in rest and 'Traceback' not in rest, rest
     assert not (out/'results.json').exists() and not (out/'model.json').exists()
     print(f'stopped {took:.1f} s after SIGINT')
+
+# --- issue 22: the outside world, second round ---
+def test_dotdot_pets_url_deletes_nothing(tmp_path, monkeypatch):
+    "`PETBREEDS_PETS_URL=.../pets/..` names the archive `..`: refused in one line before anything is removed or fetched."
+    from petbreeds.data import download_pets
+    home = tmp_path/'home'; (home/'data').mkdir(parents=True); (home/'keep.txt').write_text('mine')
+    for tail in ('..', '%2e%2e', '.', '', '...tgz', 'a%2Fb'):
+        monkeypatch.setenv('PETBREEDS_PETS_URL', f'http://127.0.0.1:9/mirror/pets/{tail}')
+        with pytest.raises(DataError) as e: download_pets(dest=home/'data', show_progress=False)   # DataError: exit 2
+        assert 'is not a plain file name' in str(e.value) and '\n' not in str(e.value), str(e.value)
+        assert (home/'keep.txt').read_text()=='mine' and (home/'data').is_dir()
+
+def test_a_folder_the_program_did_not_make_is_left_alone(tmp_path):
+    "An `oxford-iiit-pet` folder without `images/` that petbreeds did not extract is kept, and nothing is downloaded."
+    from petbreeds.data import download_pets
+    theirs = tmp_path/'data'/'oxford-iiit-pet'; theirs.mkdir(parents=True); (theirs/'notes.txt').write_text('mine')
+    with pytest.raises(DataError, match='petbreeds did not make it'):
+        download_pets('http://127.0.0.1:9/oxford-iiit-pet.tgz', tmp_path/'data', show_progress=False)
+    assert (theirs/'notes.txt').read_text()=='mine'
+
+def test_synthetic_pets_replace_only_their_own_folders(tmp_path):
+    "`make_synthetic_pets(dest=...)` never removes a folder it did not draw, nor a look-alike of its temporary folders."
+    from petbreeds.synthetic import make_synthetic_pets
+    mine = tmp_path/'photos'; mine.mkdir(); (mine/'holiday.jpg').write_bytes(b'jpeg')
+    lookalike = tmp_path/'.tmp-photos-album'; lookalike.mkdir(); (lookalike/'x.txt').write_text('mine')
+    with pytest.raises(DataError, match='not a set of synthetic pets'): make_synthetic_pets(1, dest=mine, verbose=False)
+    assert (mine/'holiday.jpg').read_bytes()==b'jpeg' and (lookalike/'x.txt').exists()
+    assert sorted(o.name for o in tmp_path.iterdir())==['.tmp-photos-album', 'photos']   # no temporary folder left
+    drawn = make_synthetic_pets(1, dest=tmp_path/'synth', verbose=False).parent
+    (drawn/'images'/'Birman_1.jpg').unlink()                                               # incomplete: drawn again
+    assert make_synthetic_pets(1, dest=drawn, verbose=False)==drawn/'images' and (drawn/'images'/'Birman_1.jpg').exists()
