@@ -269,3 +269,15 @@ def test_synthetic_pets_replace_only_their_own_folders(tmp_path):
     drawn = make_synthetic_pets(1, dest=tmp_path/'synth', verbose=False).parent
     (drawn/'images'/'Birman_1.jpg').unlink()                                               # incomplete: drawn again
     assert make_synthetic_pets(1, dest=drawn, verbose=False)==drawn/'images' and (drawn/'images'/'Birman_1.jpg').exists()
+
+def test_cli_json_through_a_symlink_and_into_a_pipe(tiny, tmp_path, capsys):
+    "`evaluate --json` keeps a symbolic link (its target gets the JSON) and writes a pipe in place, not replaced by a file."
+    os.symlink(tmp_path/'target.json', tmp_path/'out.json')
+    assert _main('evaluate', tiny['out'], tiny['src'], '--json', tmp_path/'out.json')==0
+    assert (tmp_path/'out.json').is_symlink() and json.loads((tmp_path/'target.json').read_text())['n_images']==8
+    r, w = os.pipe()
+    try: assert _main('evaluate', tiny['out'], tiny['src'], '--json', f'/proc/self/fd/{w}')==0
+    finally: os.close(w)
+    with os.fdopen(r) as f: assert json.loads(f.read())['n_images']==8
+    assert 'error rate:' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path))==['out.json', 'target.json']                     # no temporary file left
