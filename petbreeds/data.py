@@ -12,7 +12,7 @@ import os, re, io, random, warnings, base64
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from fastai.vision.all import *
 
 # %% ../nbs/01_data_layout.ipynb #7a26db15
@@ -100,16 +100,24 @@ def _to_8bit(im:Image.Image)->Image.Image:
     if im.mode=='P' and 'transparency' in im.info: return im.convert('RGBA')  # what Pillow asks for
     return im
 
+def _upright(im:Image.Image)->Image.Image:
+    "`im` turned the way its EXIF orientation says (a phone stores a photo sideways and sets the tag); fastai ignores it."
+    try: turned = im.getexif().get(0x0112, 1) not in (None, 1)
+    except Exception: return im   # unreadable EXIF: the pixels as stored
+    return ImageOps.exif_transpose(im) if turned else im
+
 class PetImage(PILImage):
-    "A `PILImage` that also reads 16-bit images right (fastai's `convert('RGB')` turns them white)."
+    "A `PILImage` that reads 16-bit images right (fastai's `convert('RGB')` turns them white) and photos the right way up."
     @classmethod
     def create(cls, fn, draft:int|None=None, **kwargs):
-        "Open `fn`; a JPEG is decoded at reduced scale when it still has at least `draft` pixels each way."
-        if not isinstance(fn, (str, Path)): return super().create(fn, **kwargs)
+        "Open `fn` (a file, its bytes or a PIL image) upright; a JPEG is decoded at reduced scale keeping `draft` pixels each way."
+        if isinstance(fn, Image.Image): return super().create(_upright(fn), **kwargs)
+        if isinstance(fn, bytes): fn = io.BytesIO(fn)
+        if not isinstance(fn, (str, Path, io.IOBase)): return super().create(fn, **kwargs)
         with Image.open(fn) as im:
             if draft: im.draft('RGB', (draft, draft))   # Pillow's JPEG decoder scales by 1/2, 1/4 or 1/8, or not at all
             im.load()
-            return cls(_to_8bit(im).convert('RGB'))
+            return cls(_to_8bit(_upright(im)).convert('RGB'))
 
 # %% ../nbs/01_data_layout.ipynb #cd7c8eab
 def _summary(skipped, n, path, limit=4):

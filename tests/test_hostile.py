@@ -281,3 +281,36 @@ def test_cli_json_through_a_symlink_and_into_a_pipe(tiny, tmp_path, capsys):
     with os.fdopen(r) as f: assert json.loads(f.read())['n_images']==8
     assert 'error rate:' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path))==['out.json', 'target.json']                     # no temporary file left
+
+def _sideways(src, dst, orientation=6, **save):
+    "`src` stored turned, as a phone stores a portrait photo, and tagged so that a correct reader shows it upright."
+    exif = Image.Exif(); exif[0x0112] = orientation
+    turn = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    Image.open(src).convert('RGB').transpose(turn).save(dst, exif=exif, **save)
+    return dst
+
+@pytest.fixture
+def photo():
+    from conftest import SAMPLE
+    if not SAMPLE.is_dir(): pytest.skip(f'no real photo sample at {SAMPLE}')
+    return sorted(SAMPLE.glob('*.jpg'))[0]     # test data only: read here, never copied into the repository
+
+def test_exif_orientation_read_upright(photo, tmp_path):
+    "A real photo stored sideways with its EXIF tag is read upright: the same pixels losslessly, within JPEG's error else."
+    up = np.asarray(Image.open(photo).convert('RGB'))
+    assert up.shape[0]!=up.shape[1]                                           # not square: a wrong turn shows in the shape
+    for o in (6, 8):
+        got = np.asarray(PetImage.create(_sideways(photo, tmp_path/f'Birman_{o}.png', o)))
+        assert got.shape==up.shape and (got==up).all()
+        got = np.asarray(PetImage.create(_sideways(photo, tmp_path/f'Birman_{o}.jpg', o, quality=95)))
+        assert got.shape==up.shape and np.abs(got.astype(int)-up).mean() < 3
+
+def test_exif_orientation_in_training_and_prediction(photo, tiny, tmp_path):
+    "The pets DataBlock's opener (training) and a loaded model's test_dl (evaluate, predict) both see the photo upright."
+    from petbreeds.presizing import PetImageBlock
+    Image.open(photo).convert('RGB').save(tmp_path/'pug_1.png')
+    side = _sideways(photo, tmp_path/'pug_2.png')
+    open_item = PetImageBlock(draft=64).type_tfms[0]
+    assert (np.asarray(open_item(side))==np.asarray(open_item(tmp_path/'pug_1.png'))).all()
+    x = load_model(tiny['out']).dls.test_dl([tmp_path/'pug_1.png', side]).one_batch()[0]
+    assert torch.equal(x[0], x[1])
