@@ -20,6 +20,7 @@ from .backbone import ARCHS, pets_learner, fast_depthwise
 from .losses import cross_entropy
 from .lr_finder import lr_find_compare
 from .model_files import atomic_write, atomic_path, _in_place
+from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['bench_pipeline', 'bench_workers', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'plot_bench',
@@ -222,7 +223,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     res['seconds'] = round(time.perf_counter()-t0, 1)
     _print_table(_rows(res))
     print(f"{res['seconds']:.0f} s")
-    if out: print(f"wrote {' and '.join(map(str, save_bench(res, out)))}")
+    if out: print(f"wrote {' and '.join(map(printable, save_bench(res, out)))}")
     return res
 
 # %% ../nbs/16_bench.ipynb #0d16a50f

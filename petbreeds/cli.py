@@ -4,17 +4,24 @@
 
 # %% ../nbs/12_cli.ipynb #9ef1c624
 from __future__ import annotations
-import argparse, contextlib, json, math, os, signal, sys
+import argparse, contextlib, json, math, os, re, signal, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PROFILE_NAMES', 'ARCH_NAMES', 'CliError', 'parse_slice', 'parse_split', 'build_parser', 'parse_args', 'train',
-           'evaluate', 'predict', 'bench', 'quiz', 'main']
+__all__ = ['PROFILE_NAMES', 'ARCH_NAMES', 'CliError', 'printable', 'parse_slice', 'parse_split', 'build_parser', 'parse_args',
+           'train', 'evaluate', 'predict', 'bench', 'quiz', 'main']
 
 # %% ../nbs/12_cli.ipynb #ab10c719
 class CliError(ValueError):
     "A bad option or input: `main` prints it as one line on stderr and exits with code 2."
     def __init__(self, msg:str, prog:str|None=None): super().__init__(msg); self.prog = prog # `prog`: the subcommand
+
+# %% ../nbs/12_cli.ipynb #eabad327
+_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]')
+
+def printable(s)->str:
+    "`str(s)` with its control characters escaped as Python writes them (`\\n`, `\\x1b`, …): safe on one line of a terminal."
+    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], str(s))
 
 # %% ../nbs/12_cli.ipynb #921d9848
 def parse_slice(s:str): # a learning rate `1e-3`, or a range `1e-6:1e-4`
@@ -202,8 +209,8 @@ def predict(args:argparse.Namespace)->int:
     "`petbreeds predict MODEL IMAGE...`: exit code 1 if any image could not be read."
     from petbreeds.recipes import load_model, predict_files
     res, bad = predict_files(load_model(args.model, args.trust_pickle), args.images, args.top_k)
-    for f,why in bad: print(f"petbreeds predict: {f}: {why}", file=sys.stderr)
-    for f,top in res: print(f"{f}: " + ', '.join(f'{b} {p:.3f}' for b,p in top))
+    for f,why in bad: print(f"petbreeds predict: {printable(f)}: {printable(why)}", file=sys.stderr)
+    for f,top in res: print(f"{printable(f)}: " + ', '.join(f'{printable(b)} {p:.3f}' for b,p in top))
     return 1 if bad else 0
 
 # %% ../nbs/12_cli.ipynb #c65a6d46
@@ -255,7 +262,7 @@ def main(argv:list|None=None)->int:
         if os.environ.get('PETBREEDS_TRACEBACK'): raise
         code, prog = _exit_code(e), getattr(e, 'prog', None) or ('petbreeds '+cmd if cmd else 'petbreeds')
         kind = '' if code==2 else f"{type(e).__name__}: "   # the machine's troubles and bugs say what they are
-        print(f"{prog}: error: {kind}{' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{prog}: error: {kind}{printable(' '.join(str(e).split()))}", file=sys.stderr)
         raise SystemExit(code)
     finally:
         if old is not None: signal.signal(signal.SIGINT, old)

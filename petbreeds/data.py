@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from fastai.vision.all import *
+from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% ../nbs/01_data_layout.ipynb #7a26db15
 def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_URL`
@@ -38,7 +39,7 @@ def pets_path(profile:Profile, # the run's profile: its data source and images p
         try: return download_pets()/'images'
         except DataError as e:
             if profile.forced: raise
-            print(f"offline: {e} — using synthetic pets")
+            print(f"offline: {printable(e)} — using synthetic pets")
             return make_synthetic_pets()
     path = profile.data.path
     return path/'images' if (path/'images').is_dir() else path
@@ -121,9 +122,9 @@ class PetImage(PILImage):
 
 # %% ../nbs/01_data_layout.ipynb #cd7c8eab
 def _summary(skipped, n, path, limit=4):
-    items = ', '.join(f'{Path(f).name} ({why})' for f,why in skipped[:limit])
+    items = ', '.join(f'{printable(Path(f).name)} ({printable(why)})' for f,why in skipped[:limit])
     more = f' and {len(skipped)-limit} more' if len(skipped)>limit else ''
-    return f"Skipped {len(skipped)} of {n} files in {path}: {items}{more}"
+    return f"Skipped {len(skipped)} of {n} files in {printable(path)}: {items}{more}"
 
 def subset_per_breed(files, per_breed:int|None, seed:int=42)->L:
     "At most `per_breed` files of each breed, a fixed random choice for `seed`, in sorted order."

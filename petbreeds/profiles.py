@@ -13,6 +13,7 @@ warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', ca
 import torch
 from torchvision.models import get_model_weights
 from fastai.data.external import URLs, fastai_cfg
+from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['PETS', 'SYNTHETIC', 'PROFILES', 'FEW_SHOT', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'DataSource', 'Profile', 'pets_url',
@@ -75,7 +76,7 @@ class Profile:
 
     def describe(self):
         "One line: the profile, why it was chosen, and what it will use."
-        data = str(self.data)
+        data = printable(self.data)   # a folder's name, as the user gave it
         if self.per_breed: data += f' ({self.per_breed} per breed)' if self.data.builtin else f' (≤{self.per_breed} per breed)'
         cap = '' if self.max_epochs is None else f', at most {self.max_epochs} epochs per training call'
         return (f"{self.name}: {self.reason} — using {data} and {_ARCH_NAMES.get(self.arch, self.arch)}, "

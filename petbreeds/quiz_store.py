@@ -8,6 +8,7 @@ import json, os, sqlite3, sys, time, uuid
 from contextlib import closing
 from pathlib import Path
 from fastcore.basics import patch_to
+from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['PROGRESS_VAR', 'store_paths', 'Conflict', 'StoreError', 'Store']
@@ -60,7 +61,7 @@ class Store:
 
     def _say(self, msg):
         self.messages.append(msg)
-        if self.verbose: print(msg, file=sys.stderr)
+        if self.verbose: print(printable(msg), file=sys.stderr)
 
     @property
     def message(self)->str|None: return self.messages[-1] if self.messages else None

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageEnhance
 from .data import BREEDS, DataError
+from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['VERSION', 'TRAITS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
@@ -528,6 +529,6 @@ def make_synthetic_pets(per_breed:int=12, # images per breed
         try: os.replace(tmp, dest)   # atomic: the set appears complete or not at all
         except OSError:
             if not _complete(dest, per_breed): raise
-        if verbose: print(f'Drew {len(BREEDS)*per_breed} synthetic pets in {time.perf_counter()-start:.1f} s into {dest}')
+        if verbose: print(f'Drew {len(BREEDS)*per_breed} synthetic pets in {time.perf_counter()-start:.1f} s into {printable(dest)}')
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest/'images' 

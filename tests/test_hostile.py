@@ -314,3 +314,22 @@ def test_exif_orientation_in_training_and_prediction(photo, tiny, tmp_path):
     assert (np.asarray(open_item(side))==np.asarray(open_item(tmp_path/'pug_1.png'))).all()
     x = load_model(tiny['out']).dls.test_dl([tmp_path/'pug_1.png', side]).one_batch()[0]
     assert torch.equal(x[0], x[1])
+
+ODD = 'a\nx.jpg: pug 1.000\x1b[31m.jpg'     # a newline that forges an output line, and an escape that colours the terminal
+
+def test_cli_prints_names_safely(tiny, tmp_path, capsys, monkeypatch):
+    "A file name holding a newline and a terminal escape is printed escaped, on its own line, by predict and in skip reports."
+    shutil.copy(tiny['src']/'pug_0.jpg', tmp_path/ODD); (tmp_path/'b\x1b[2J.jpg').write_text('not a picture')
+    assert _main('predict', tiny['out'], tmp_path/ODD, tmp_path/'b\x1b[2J.jpg')==1
+    cap = capsys.readouterr()
+    assert cap.out.count('\n')==1 and cap.out.startswith(f'{tmp_path}/a\\nx.jpg: pug 1.000\\x1b[31m.jpg: '), cap.out
+    assert cap.err==f'petbreeds predict: {tmp_path}/b\\x1b[2J.jpg: not an image\n', cap.err
+    for f in tiny['src'].iterdir(): shutil.copy(f, tmp_path/f.name)
+    get_pet_files(tmp_path)
+    out = capsys.readouterr().out
+    assert out.count('\n')==1 and 'a\\nx.jpg: pug 1.000\\x1b[31m.jpg (name not Breed_123.jpg)' in out, out
+    import petbreeds.cli as cli
+    monkeypatch.setitem(cli._COMMANDS, 'quiz', lambda args: (_ for _ in ()).throw(DataError(f'bad file {ODD}')))
+    assert _main('quiz')==2
+    err = capsys.readouterr().err
+    assert '\x1b' not in err and _one_line(err) and 'x.jpg: pug 1.000\\x1b[31m.jpg' in err, err
