@@ -4,24 +4,18 @@
 
 # %% ../nbs/12_cli.ipynb #9ef1c624
 from __future__ import annotations
-import argparse, contextlib, json, math, os, re, signal, sys
+import argparse, contextlib, json, math, os, signal, sys
 from pathlib import Path
+from .printing import printable
 
 # %% auto #0
-__all__ = ['PROFILE_NAMES', 'ARCH_NAMES', 'CliError', 'printable', 'parse_slice', 'parse_split', 'build_parser', 'parse_args',
-           'train', 'evaluate', 'predict', 'bench', 'quiz', 'main']
+__all__ = ['PROFILE_NAMES', 'ARCH_NAMES', 'CliError', 'parse_slice', 'parse_split', 'build_parser', 'parse_args', 'train',
+           'evaluate', 'predict', 'bench', 'quiz', 'main']
 
 # %% ../nbs/12_cli.ipynb #ab10c719
 class CliError(ValueError):
     "A bad option or input: `main` prints it as one line on stderr and exits with code 2."
     def __init__(self, msg:str, prog:str|None=None): super().__init__(msg); self.prog = prog # `prog`: the subcommand
-
-# %% ../nbs/12_cli.ipynb #eabad327
-_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]')
-
-def printable(s)->str:
-    "`str(s)` with its control characters escaped as Python writes them (`\\n`, `\\x1b`, …): safe on one line of a terminal."
-    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], str(s))
 
 # %% ../nbs/12_cli.ipynb #921d9848
 def parse_slice(s:str): # a learning rate `1e-3`, or a range `1e-6:1e-4`

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from fastai.vision.all import *
-from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
+from .printing import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% ../nbs/01_data_layout.ipynb #7a26db15
 def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_URL`

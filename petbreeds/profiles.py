@@ -13,7 +13,7 @@ warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', ca
 import torch
 from torchvision.models import get_model_weights
 from fastai.data.external import URLs, fastai_cfg
-from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
+from .printing import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['PETS', 'SYNTHETIC', 'PROFILES', 'FEW_SHOT', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'DataSource', 'Profile', 'pets_url',

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, os, secrets, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
-from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
+from .printing import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['QuizAppError', 'free_port', 'check_port', 'app_notebook', 'voila_main', 'QuizServer', 'serve_quiz']

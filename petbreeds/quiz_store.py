@@ -8,7 +8,7 @@ import json, os, sqlite3, sys, time, uuid
 from contextlib import closing
 from pathlib import Path
 from fastcore.basics import patch_to
-from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
+from .printing import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['PROGRESS_VAR', 'store_paths', 'Conflict', 'StoreError', 'Store']

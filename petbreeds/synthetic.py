@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageEnhance
 from .data import BREEDS, DataError
-from .cli import printable   # control characters escaped: a name cannot forge a line or steer the terminal
+from .printing import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['VERSION', 'TRAITS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
