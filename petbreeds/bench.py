@@ -19,10 +19,12 @@ from .presizing import pets_dls
 from .backbone import ARCHS, pets_learner, fast_depthwise
 from .losses import cross_entropy
 from .lr_finder import lr_find_compare
+from .model_files import atomic_write, atomic_path, _in_place
+from .errors import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['bench_pipeline', 'bench_workers', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'plot_bench',
-           'run_bench', 'bench_markdown']
+           'run_bench', 'bench_markdown', 'save_bench']
 
 # %% ../nbs/16_bench.ipynb #5046e1c5
 def _timeit(f, n=1):
@@ -221,11 +223,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     res['seconds'] = round(time.perf_counter()-t0, 1)
     _print_table(_rows(res))
     print(f"{res['seconds']:.0f} s")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=2))
-        plot_bench(res, Path(out).with_suffix('.png'))
-        print(f"wrote {out} and {Path(out).with_suffix('.png').name}")
+    if out: print(f"wrote {' and '.join(map(printable, save_bench(res, out)))}")
     return res
 
 # %% ../nbs/16_bench.ipynb #0d16a50f
@@ -235,3 +233,15 @@ def bench_markdown(res)->str:
     head = f"`petbreeds bench`, {res['profile']} profile, {res['device']}, {res.get('threads', '?')} threads, {res['seconds']:.0f} s"
     lines = [head, '', '| measurement | ratio | details |', '|---|---|---|']
     return '\n'.join(lines + [f'| {a} | {c} | {b} |' for a,b,c in _rows(res)])
+
+# %% ../nbs/16_bench.ipynb #2c01e9c8
+def save_bench(res:dict, # what `run_bench` returned
+               out, # a JSON file: written all or nothing (through a symbolic link), or in place (a pipe, `/dev/stdout`)
+              )->list:
+    "Write `res` as JSON to `out`, and its chart beside it unless `out` is a pipe or device; the files written."
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, json.dumps(res, indent=2))
+    if _in_place(out): return [out]
+    with atomic_path(out.with_suffix('.png')) as tmp: plt.close(plot_bench(res, tmp))
+    return [out, out.with_suffix('.png')]

@@ -6,13 +6,14 @@
 from __future__ import annotations
 import argparse, contextlib, json, math, os, signal, sys
 from pathlib import Path
+from .errors import printable, PetbreedsError
 
 # %% auto #0
 __all__ = ['PROFILE_NAMES', 'ARCH_NAMES', 'CliError', 'parse_slice', 'parse_split', 'build_parser', 'parse_args', 'train',
            'evaluate', 'predict', 'bench', 'quiz', 'main']
 
 # %% ../nbs/12_cli.ipynb #ab10c719
-class CliError(ValueError):
+class CliError(PetbreedsError, ValueError):
     "A bad option or input: `main` prints it as one line on stderr and exits with code 2."
     def __init__(self, msg:str, prog:str|None=None): super().__init__(msg); self.prog = prog # `prog`: the subcommand
 
@@ -202,8 +203,8 @@ def predict(args:argparse.Namespace)->int:
     "`petbreeds predict MODEL IMAGE...`: exit code 1 if any image could not be read."
     from petbreeds.recipes import load_model, predict_files
     res, bad = predict_files(load_model(args.model, args.trust_pickle), args.images, args.top_k)
-    for f,why in bad: print(f"petbreeds predict: {f}: {why}", file=sys.stderr)
-    for f,top in res: print(f"{f}: " + ', '.join(f'{b} {p:.3f}' for b,p in top))
+    for f,why in bad: print(f"petbreeds predict: {printable(f)}: {printable(why)}", file=sys.stderr)
+    for f,top in res: print(f"{printable(f)}: " + ', '.join(f'{printable(b)} {p:.3f}' for b,p in top))
     return 1 if bad else 0
 
 # %% ../nbs/12_cli.ipynb #c65a6d46
@@ -222,14 +223,10 @@ def quiz(args:argparse.Namespace)->int:
 
 # %% ../nbs/12_cli.ipynb #810d46a3
 _COMMANDS = dict(train=train, evaluate=evaluate, predict=predict, bench=bench, quiz=quiz)
-_ERRORS = (('petbreeds.profiles', 'ProfileError'), ('petbreeds.data', 'DataError'),
-           ('petbreeds.model_files', 'ModelFileError'), ('petbreeds.download', 'DownloadError'),
-           ('petbreeds.quiz_app', 'QuizAppError'), ('petbreeds.quiz_store', 'StoreError'))
 
 def _exit_code(e:Exception)->int:
-    "2 for the user's mistakes (an option, a file, a value), 1 for the machine's (disk, memory, device) and for bugs."
-    kinds = [getattr(sys.modules.get(m), n, None) for m,n in _ERRORS]
-    return 2 if isinstance(e, (CliError, *[k for k in kinds if k])) else 1
+    "2 for the user's mistakes (an option, a file, a value: a `PetbreedsError`), 1 for the machine's (disk, memory, device) and for bugs."
+    return 2 if isinstance(e, PetbreedsError) else 1
 
 def _on_sigint(signum, frame):
     "Ctrl-C: `KeyboardInterrupt` the first time; if that was swallowed (or on a second one), stop the process now."
@@ -255,7 +252,7 @@ def main(argv:list|None=None)->int:
         if os.environ.get('PETBREEDS_TRACEBACK'): raise
         code, prog = _exit_code(e), getattr(e, 'prog', None) or ('petbreeds '+cmd if cmd else 'petbreeds')
         kind = '' if code==2 else f"{type(e).__name__}: "   # the machine's troubles and bugs say what they are
-        print(f"{prog}: error: {kind}{' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{prog}: error: {kind}{printable(' '.join(str(e).split()))}", file=sys.stderr)
         raise SystemExit(code)
     finally:
         if old is not None: signal.signal(signal.SIGINT, old)

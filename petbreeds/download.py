@@ -6,7 +6,6 @@
 __all__ = ['DownloadError', 'UnsafeArchive', 'check_member', 'safe_extract', 'known_checks', 'download_file', 'get_dataset']
 
 # %% ../nbs/17_downloads.ipynb #0c7d13a4
-from .profiles import PROFILES   # first: importing it quiets the torch.jit.script deprecation fastai's import trips
 import os, re, gzip, http, lzma, zlib, copy, shutil, tarfile, tempfile, contextlib, urllib.parse
 from pathlib import Path
 import requests
@@ -15,11 +14,12 @@ from fastprogress.fastprogress import progress_bar
 from fastdownload import read_checks, checks_module, path_stats
 import fastai.data
 from fastai.data.external import fastai_path
+from .errors import PetbreedsError
 try: import fcntl
 except ImportError: fcntl = None
 
 # %% ../nbs/17_downloads.ipynb #e021c9e4
-class DownloadError(Exception):
+class DownloadError(PetbreedsError):
     "A download or an archive that cannot be used, in one line naming the URL or file."
 
 class UnsafeArchive(DownloadError):
@@ -64,16 +64,28 @@ def check_member(member:tarfile.TarInfo, # one member of a tar archive
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 def _rm(p:Path):
+    "Remove `p`, a temporary folder or file this program made."
     if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
     elif p.exists() or p.is_symlink(): p.unlink()
+
+def _plain_name(name:str, what:str)->str:
+    "`name` if it is a plain file name; else `DownloadError`: empty, `.`, `..`, a path, or one of those percent-encoded."
+    plain = name
+    while (u := urllib.parse.unquote(plain)) != plain: plain = u   # `%2e%2e`, even `%252e%252e`, is `..` to a server
+    if plain in ('', '.', '..') or re.search(r'[/\\\x00-\x1f\x7f]', plain):
+        raise DownloadError(f"{what} {name!r} is not a plain file name")
+    return name
+
+def _in_the_way(target:Path)->bool: return os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir()))
 
 def safe_extract(archive, # a tar archive (any compression tarfile reads)
                  dest, # the folder to extract into
                  data_filter=None, # default: `tarfile.data_filter` where it exists
                 )->Path:
-    "Extract `archive` into `dest/<its name>` under the `data` filter's rules, all or nothing; `DownloadError` if it can't."
+    "Extract `archive` into a new `dest/<its name>` under the `data` filter's rules, all or nothing; `DownloadError` if it can't."
     archive, dest = Path(archive), Path(dest)
-    target = dest/remove_suffix(archive.stem, '.tar')
+    target = dest/_plain_name(remove_suffix(archive.stem, '.tar'), f"{archive.name}: the folder to extract into,")
+    if _in_the_way(target): raise DownloadError(f"{target} is already there: safe_extract replaces nothing")
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}-', suffix='.partial', dir=dest))
     try:
@@ -85,8 +97,7 @@ def safe_extract(archive, # a tar archive (any compression tarfile reads)
             for m in members: tar.extract(check_member(m, tmp, data_filter), tmp, **kw)
         top = list(tmp.iterdir())
         root = top[0] if len(top)==1 and top[0].is_dir() and not top[0].is_symlink() else tmp
-        _rm(target)
-        os.replace(root, target)
+        os.replace(root, target)   # fails, replacing nothing, if a folder with files appeared there meanwhile
         return target
     except _CORRUPT as e:
         raise DownloadError(f"{archive.name} is not a complete tar archive ({type(e).__name__}: {str(e)[:80]})") from None
@@ -150,25 +161,50 @@ def _locked(path:Path):
         finally:
             if fcntl: fcntl.flock(f, fcntl.LOCK_UN)
 
+def _names(url:str, data:Path, archive:Path)->tuple:
+    "The archive's file and the folder it extracts to, named by `url`'s last part: a plain file name, else `DownloadError`."
+    arch = archive/_plain_name(urllib.parse.urlparse(url).path.rsplit('/', 1)[-1], f"{url}: the archive's name")
+    return arch, data/_plain_name(remove_suffix(arch.stem, '.tar'), f"{url}: the folder it extracts to,")
+
+# what get_dataset extracted, noted beside the archive: removing a folder needs this proof that the program made it
+def _note(arch:Path)->Path: return arch.with_name(arch.name+'.extracted')
+def _id(p:Path)->str: st = os.lstat(p); return f"{st.st_dev} {st.st_ino} {os.path.abspath(p)}"
+
+def _made_here(target:Path, arch:Path)->bool:
+    try: return _note(arch).read_text()==_id(target)
+    except OSError: return False
+
+def _remove_ours(target:Path, arch:Path, why:str):
+    "Remove `target` if this program extracted it; a folder it did not make is left alone: `DownloadError` saying `why`."
+    if not os.path.lexists(target): return
+    if not _made_here(target, arch):
+        raise DownloadError(f"{target} {why}, and petbreeds did not make it: it is left alone; move it away and try again")
+    shutil.rmtree(target, ignore_errors=True); _note(arch).unlink(missing_ok=True)
+
+# %% ../nbs/17_downloads.ipynb #b860ac89
 def get_dataset(url:str, # the archive's URL
                 data=None, # where to extract; default: fastai's data folder
                 archive=None, # where to keep the archive; default: fastai's archive folder
                 must_have:str='images', # a folder the extraction must contain
                 **kwargs, # to `download_file` (timeouts, `show_progress`)
                )->Path:
-    "`untar_data` made careful: download once, extract safely, remove a bad archive or extraction; the extracted folder."
+    "`untar_data` made careful: download once, extract safely, remove a bad archive or its own bad extraction; the extracted folder."
     data, archive = Path(data or fastai_path('data')), Path(archive or fastai_path('archive'))
-    arch = archive/(Path(urllib.parse.urlparse(url).path).name or 'download.tgz')
-    target = data/remove_suffix(arch.stem, '.tar')
+    arch, target = _names(url, data, archive)
     archive.mkdir(parents=True, exist_ok=True)
     with _locked(arch.with_name(arch.name+'.lock')):
         if (target/must_have).is_dir(): return target
-        _rm(target)   # an earlier extraction without `must_have`
+        _remove_ours(target, arch, f"has no {must_have}/ folder")   # an earlier extraction of ours, broken
+        if arch.is_dir(): raise DownloadError(f"{arch} is a folder, not the archive: move it away and try again")
         checks = known_checks(url)
         if arch.exists() and checks and path_stats(arch)!=checks: arch.unlink()
         if not arch.exists(): download_file(url, arch, checks=checks, **kwargs)
         try:
             res = safe_extract(arch, data)
+            _note(arch).write_text(_id(res))
             if not (res/must_have).is_dir(): raise DownloadError(f"{url}: the archive has no {must_have}/ folder")
             return res
-        except BaseException: _rm(arch); _rm(target); raise
+        except BaseException:
+            arch.unlink(missing_ok=True)
+            with contextlib.suppress(DownloadError): _remove_ours(target, arch, '')
+            raise

@@ -7,8 +7,7 @@ __all__ = ['MODEL_FORMAT', 'ModelFileError', 'atomic_path', 'atomic_write', 'che
            'sha256_file', 'load_model_files', 'load_pickled', 'load_model']
 
 # %% ../nbs/18_model_files.ipynb #3c7d7a8c
-from .profiles import PROFILES   # first: importing it quiets the torch.jit.script deprecation fastai's import trips
-import os, io, errno, json, time, hashlib, tempfile, contextlib, warnings, shutil, secrets
+import os, io, sys, stat, errno, json, time, hashlib, tempfile, contextlib, warnings, shutil, secrets
 from datetime import datetime
 from pathlib import Path
 import torch
@@ -17,9 +16,10 @@ from fastai.vision.all import *
 from .data import PetImage, PETS_PAT
 from .presizing import PetImageBlock, ResizedCropAffine
 from .backbone import pets_learner
+from .errors import PetbreedsError
 
 # %% ../nbs/18_model_files.ipynb #e6d60d6e
-class ModelFileError(ValueError):
+class ModelFileError(PetbreedsError, ValueError):
     "A model file or output folder that cannot be used, in one line naming it."
 
 def _fsync_dir(d):
@@ -28,22 +28,47 @@ def _fsync_dir(d):
         try: os.fsync(fd)
         finally: os.close(fd)
 
+def _umask():
+    m = os.umask(0); os.umask(m)
+    return m
+
+def _hops(path)->list:
+    "`path` and each name its symbolic links lead to, in turn."
+    hops = [os.path.abspath(path)]
+    while os.path.islink(hops[-1]) and len(hops) < 40:
+        hops.append(os.path.abspath(os.path.join(os.path.dirname(hops[-1]), os.readlink(hops[-1]))))
+    return hops
+
+def _in_place(path)->bool:
+    "Is `path` to be written where it is: `/dev/stdout`, `/proc/self/fd/N` and the like, a device, a FIFO or a socket?"
+    if any(h.startswith(('/dev/', '/proc/')) for h in _hops(path)): return True
+    try: mode = os.stat(path).st_mode
+    except OSError: return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+# %% ../nbs/18_model_files.ipynb #e871bb95
 @contextlib.contextmanager
 def atomic_path(path):
-    "A temporary name beside `path` to write to; on success it is synced and renamed to `path`, on any error removed."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    """A temporary name beside `path` (beside its target, for a symbolic link, which stays) to write to; on success synced and
+    renamed onto it, on any error removed. A device, a FIFO, `/dev/stdout` or `/proc/self/fd/N` is written in place."""
+    if _in_place(path):
+        sys.stdout.flush(); sys.stderr.flush()   # what was printed before comes before
+        yield Path(path); return
+    real = Path(os.path.realpath(path))
+    if real.is_dir(): raise ModelFileError(f"{str(path)!r} is a folder, not a file")
+    fd, tmp = tempfile.mkstemp(prefix=f'.{real.name}.', suffix=f'.tmp{real.suffix}', dir=real.parent)   # keeps the suffix
     os.close(fd)
     try:
+        os.chmod(tmp, stat.S_IMODE(os.stat(real).st_mode) if real.exists() else 0o666 & ~_umask())   # mkstemp's is 0600
         yield Path(tmp)
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        os.replace(tmp, real)
+        _fsync_dir(real.parent)
     finally:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
 
 def atomic_write(path, data:bytes|str)->Path:
-    "Write `data` to `path` all or nothing."
+    "Write `data` to `path` all or nothing (in place for a device, FIFO or `/dev/stdout`)."
     with atomic_path(path) as tmp: Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)
 
@@ -82,9 +107,6 @@ def run_folder(out=None, # a folder to use (created if needed); default: a new u
         raise
     return check_writable(folder, need_bytes)
 
-def _umask():
-    m = os.umask(0); os.umask(m)
-    return m
 
 # %% ../nbs/18_model_files.ipynb #fe8ae7bc
 MODEL_FORMAT = 'petbreeds-model/1'

@@ -27,10 +27,10 @@ def fixed_augs(size:int|None=None, # output size; `None` keeps the input size
 def _as_pil(img)->PILImage:
     if isinstance(img, (str, Path)):
         if not Path(img).exists(): raise FileNotFoundError(f"Image {str(img)!r} does not exist.")
-        try: return PILImage.create(img)
+        try: return PetImage.create(img)
         except Exception as e:
             raise DataError(f"Could not open {str(img)!r} as an image: {type(e).__name__}: {e}") from None
-    try: return PILImage.create(img)
+    try: return PetImage.create(img)
     except Exception as e:
         msg = f"Expected an image file, a PIL image or an HxWx3 array, got {type(img).__name__}: {e}"
         raise TypeError(msg) from None

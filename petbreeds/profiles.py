@@ -13,6 +13,7 @@ from torchvision.models import get_model_weights
 from fastai.data.external import URLs, fastai_cfg
 import pandas as pd
 from fastprogress.fastprogress import progress_bar
+from .errors import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
 
 # %% auto #0
 __all__ = ['PETS', 'SYNTHETIC', 'PROFILES', 'FEW_SHOT', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'SEEDS', 'DataSource', 'Profile',
@@ -75,7 +76,7 @@ class Profile:
 
     def describe(self):
         "One line: the profile, why it was chosen, and what it will use."
-        data = str(self.data)
+        data = printable(self.data)   # a folder's name, as the user gave it
         if self.per_breed: data += f' ({self.per_breed} per breed)' if self.data.builtin else f' (≤{self.per_breed} per breed)'
         cap = '' if self.max_epochs is None else f', at most {self.max_epochs} epochs per training call'
         return (f"{self.name}: {self.reason} — using {data} and {_ARCH_NAMES.get(self.arch, self.arch)}, "
@@ -145,7 +146,7 @@ def can_get_weights(arch, timeout=2.0)->bool:
     return weights_cached(arch) or reachable(RESNET_WEIGHTS[arch].url, timeout)
 
 # %% ../nbs/09_profiles.ipynb #b0dc7b55
-class ProfileError(RuntimeError):
+class ProfileError(PetbreedsError, RuntimeError):
     "A profile cannot run here; the message says what to do instead."
 
 # %% ../nbs/09_profiles.ipynb #964cc5ff

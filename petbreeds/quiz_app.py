@@ -6,12 +6,13 @@
 from __future__ import annotations
 import json, os, secrets, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
+from .errors import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
 
 # %% auto #0
 __all__ = ['QuizAppError', 'free_port', 'check_port', 'app_notebook', 'voila_main', 'QuizServer', 'serve_quiz']
 
 # %% ../nbs/20_quiz_app.ipynb #10cb8cbe
-class QuizAppError(ValueError):
+class QuizAppError(PetbreedsError, ValueError):
     "The quiz app cannot start; the message is one line for the terminal."
 
 def _port_free(port:int)->bool:
@@ -103,7 +104,7 @@ def _writable_store(progress)->Path:
     alt = Store(Path(tempfile.gettempdir())/f'petbreeds-quiz-{os.getuid() if hasattr(os, "getuid") else "user"}.sqlite3', verbose=False)
     for k,(v,_) in st.values.items():
         if alt.rev(k) == 0: alt.put(k, v)
-    print(f'For now the quiz saves to {alt.path}: copy or export it somewhere safe.', file=sys.stderr)
+    print(f'For now the quiz saves to {printable(alt.path)}: copy or export it somewhere safe.', file=sys.stderr)
     return alt.path
 
 # %% ../nbs/20_quiz_app.ipynb #2d8555fe
@@ -164,7 +165,7 @@ def serve_quiz(port:int=8866, # TCP port on 127.0.0.1 (0: any free port)
         import webbrowser
         webbrowser.open(srv.url)
     if not block: return srv
-    print(f'Quiz at {srv.url}\n(answers saved in {srv.store}). Press Ctrl-C to stop.', flush=True)
+    print(f'Quiz at {srv.url}\n(answers saved in {printable(srv.store)}). Press Ctrl-C to stop.', flush=True)
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, getattr(signal, 'SIGHUP', signal.SIGTERM))}
     try: srv.proc.wait()
     except (KeyboardInterrupt, _Stop): print('Stopping the quiz.', flush=True)

@@ -8,6 +8,7 @@ import json, os, sqlite3, sys, time, uuid
 from contextlib import closing
 from pathlib import Path
 from fastcore.basics import patch_to
+from .errors import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
 
 # %% auto #0
 __all__ = ['PROGRESS_VAR', 'store_paths', 'Conflict', 'StoreError', 'Store']
@@ -37,13 +38,13 @@ def _connect(db)->sqlite3.Connection:
     return con
 
 # %% ../nbs/19_quiz_store.ipynb #3c12ba52
-class Conflict(Exception):
+class Conflict(PetbreedsError):
     "`key` was saved elsewhere (another tab or notebook) since this store last read it."
     def __init__(self, key, value, rev):
         super().__init__(f'{key} was changed elsewhere (revision {rev}): reload to see it.')
         self.key, self.value, self.rev = key, value, rev
 
-class StoreError(ValueError):
+class StoreError(PetbreedsError, ValueError):
     "The progress location cannot be used at all; the message names it and says what to do."
 
 # %% ../nbs/19_quiz_store.ipynb #5567ecf4
@@ -60,7 +61,7 @@ class Store:
 
     def _say(self, msg):
         self.messages.append(msg)
-        if self.verbose: print(msg, file=sys.stderr)
+        if self.verbose: print(printable(msg), file=sys.stderr)
 
     @property
     def message(self)->str|None: return self.messages[-1] if self.messages else None

@@ -17,6 +17,7 @@ from .backbone import pets_learner
 from .presizing import pets_block
 from .interpret import most_confused_from_preds
 from .distributed import distributed, on_rank0_first
+from .errors import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['NCM_HEAD', 'NCM_FOLDS', 'EpochTimer', 'CPUAutocast', 'PerBreedSplitter', 'choose_split', 'make_splitter',
@@ -220,13 +221,13 @@ def _valid_preds(learn, tta:bool)->tuple:
     return torch.lerp(aug, plain, 0.25), plain, targs
 
 # %% ../nbs/14_recipes.ipynb #e707782c
-def _pairs(confused, n:int)->str: return ', '.join(f'{a} → {b} ({k})' for a,b,k in confused[:n]) or 'none'
+def _pairs(confused, n:int)->str: return ', '.join(f'{printable(a)} → {printable(b)} ({k})' for a,b,k in confused[:n]) or 'none'
 
 def _describe_run(p, path, files, dls, split, bs, world, fp16)->str:
     prec = (', fp16' if p.device=='cuda' else ', bf16 autocast') if fp16 else ''
     how = (f"all used, error cross-validated in {NCM_FOLDS} folds" if p.recipe=='ncm' else
            f"{len(dls.train_ds)} training, {len(dls.valid_ds)} validation ({split[0]}:{split[1]})")
-    return (f"{len(files)} images in {path}: {how}, bs {bs}{f' ({bs//world} per process)' if world>1 else ''}, recipe {p.recipe}"
+    return (f"{len(files)} images in {printable(path)}: {how}, bs {bs}{f' ({bs//world} per process)' if world>1 else ''}, recipe {p.recipe}"
             f"{'' if p.train_bn else ' (BnFreeze)'}{', label smoothing' if p.label_smoothing else ''}{prec}"
             f"{f', {world} processes' if world>1 else ''}")
 
@@ -245,7 +246,7 @@ def _save_run(learn, res:dict, out:Path):
     save_model(learn, out, res['arch'], head=head, profile=res['profile'], error_rate=res['error_rate'])
     with atomic_path(out/'model.pkl') as tmp: learn.export(tmp.absolute())
     atomic_write(out/'results.json', json.dumps(res, indent=2))
-    print(f"wrote {out/'results.json'}, {out/'model.json'} (+ model.safetensors) and {out/'model.pkl'}")
+    print(f"wrote {printable(out/'results.json')}, {printable(out/'model.json')} (+ model.safetensors) and {printable(out/'model.pkl')}")
 
 # %% ../nbs/14_recipes.ipynb #fd8a3f85
 def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
@@ -320,9 +321,9 @@ def evaluate_model(learn:Learner, # from `load_model`
 def report_evaluation(r:dict, # from `evaluate_model`
                       n_pairs:int=10):
     "Print `evaluate_model`'s results: the error rate, each breed's accuracy and the most-confused pairs."
-    print(f"error rate: {r['error_rate']:.4f} ({r['n_wrong']} of {r['n_images']} images in {r['data']} wrong)")
+    print(f"error rate: {r['error_rate']:.4f} ({r['n_wrong']} of {r['n_images']} images in {printable(r['data'])} wrong)")
     print("per-breed accuracy:")
-    for b,v in r['per_breed'].items(): print(f"  {b:<28} {v['correct']:>4}/{v['n']:<4} {v['accuracy']:6.1%}")
+    for b,v in r['per_breed'].items(): print(f"  {printable(b):<28} {v['correct']:>4}/{v['n']:<4} {v['accuracy']:6.1%}")
     print(f"most confused: {_pairs(r['most_confused'], n_pairs)}")
 
 # %% ../nbs/14_recipes.ipynb #8cc42e4e

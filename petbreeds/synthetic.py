@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_synthetic.ipynb #b6bad84c
 from __future__ import annotations
-import os, shutil, time, tempfile
+import os, re, shutil, time, tempfile
 from types import SimpleNamespace
 from pathlib import Path
 from importlib.resources import files
@@ -12,6 +12,7 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageEnhance
+from .errors import printable, DataError   # names printed safely; the user's data mistakes
 
 # %% auto #0
 __all__ = ['VERSION', 'TRAITS', 'BREEDS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
@@ -444,14 +445,26 @@ def _pid_alive(pid:int)->bool:
     return True
 
 def _clean_leftovers(dest:Path):
-    "Remove temporary folders of `dest` left by interrupted runs (their process is gone)."
-    for p in dest.parent.glob(f'.tmp-{dest.name}-*'):
-        try: pid = int(p.name.rsplit('-', 2)[-2])
-        except ValueError: pid = -1
-        if pid<0 or not _pid_alive(pid): shutil.rmtree(p, ignore_errors=True)
+    "Remove temporary folders of `dest` left by interrupted runs: named as `make_synthetic_pets` names them, their process gone."
+    ours = re.compile(rf'\.tmp-{re.escape(dest.name)}-(\d+)-[A-Za-z0-9_]+')   # what its `mkdtemp` makes, and nothing else
+    for p in dest.parent.glob('.tmp-*'):
+        m = ours.fullmatch(p.name)
+        if m and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m[1])): shutil.rmtree(p, ignore_errors=True)
 
 def _complete(dest:Path, per_breed:int)->bool:
     return (dest/'images').is_dir() and len(list((dest/'images').glob('*.jpg'))) == len(BREEDS)*per_breed
+
+def _drawn_here(dest:Path)->bool:
+    "Did `make_synthetic_pets` draw `dest`? Its README says so."
+    try: return (dest/'annotations'/'README').read_text().startswith('Synthetic pets v')
+    except OSError: return False
+
+def _make_room(dest:Path, remove:bool=True):
+    "Remove `dest` if it is a set this program drew (an empty folder the new set simply replaces); any other: `DataError`."
+    if not os.path.lexists(dest) or (dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir())): return
+    if dest.is_symlink() or not dest.is_dir() or not _drawn_here(dest):
+        raise DataError(f"{str(dest)!r} is there and is not a set of synthetic pets: it is left alone; choose another dest")
+    if remove: shutil.rmtree(dest)
 
 # %% ../nbs/10_synthetic.ipynb #c1785183
 _LIST_HEAD = """#Image CLASS-ID SPECIES BREED ID
@@ -505,6 +518,7 @@ def make_synthetic_pets(per_breed:int=12, # images per breed
     dest.parent.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(dest)
     if _complete(dest, per_breed) and not force: return _annotate(dest, per_breed, seed)/'images'
+    _make_room(dest, remove=False)   # before drawing: a folder of someone else's is refused at once
     tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{dest.name}-{os.getpid()}-', dir=dest.parent))
     try:
         tmp.chmod(0o755)
@@ -513,10 +527,10 @@ def make_synthetic_pets(per_breed:int=12, # images per breed
         _annotate(tmp, per_breed, seed)
         if dest.exists():
             if _complete(dest, per_breed) and not force: return _annotate(dest, per_breed, seed)/'images'   # another won
-            shutil.rmtree(dest)
+            _make_room(dest)
         try: os.replace(tmp, dest)   # atomic: the set appears complete or not at all
         except OSError:
             if not _complete(dest, per_breed): raise
-        if verbose: print(f'Drew {len(BREEDS)*per_breed} synthetic pets in {time.perf_counter()-start:.1f} s into {dest}')
+        if verbose: print(f'Drew {len(BREEDS)*per_breed} synthetic pets in {time.perf_counter()-start:.1f} s into {printable(dest)}')
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest/'images' 

@@ -238,3 +238,98 @@ def test_ctrl_c_stops_at_once_and_leaves_nothing_complete(tmp_path):
     assert 'petbreeds: interrupted' in rest and 'Traceback' not in rest, rest
     assert not (out/'results.json').exists() and not (out/'model.json').exists()
     print(f'stopped {took:.1f} s after SIGINT')
+
+# --- issue 22: the outside world, second round ---
+def test_dotdot_pets_url_deletes_nothing(tmp_path, monkeypatch):
+    "`PETBREEDS_PETS_URL=.../pets/..` names the archive `..`: refused in one line before anything is removed or fetched."
+    from petbreeds.data import download_pets
+    home = tmp_path/'home'; (home/'data').mkdir(parents=True); (home/'keep.txt').write_text('mine')
+    for tail in ('..', '%2e%2e', '.', '', '...tgz', 'a%2Fb'):
+        monkeypatch.setenv('PETBREEDS_PETS_URL', f'http://127.0.0.1:9/mirror/pets/{tail}')
+        with pytest.raises(DataError) as e: download_pets(dest=home/'data', show_progress=False)   # DataError: exit 2
+        assert 'is not a plain file name' in str(e.value) and '\n' not in str(e.value), str(e.value)
+        assert (home/'keep.txt').read_text()=='mine' and (home/'data').is_dir()
+
+def test_a_folder_the_program_did_not_make_is_left_alone(tmp_path):
+    "An `oxford-iiit-pet` folder without `images/` that petbreeds did not extract is kept, and nothing is downloaded."
+    from petbreeds.data import download_pets
+    theirs = tmp_path/'data'/'oxford-iiit-pet'; theirs.mkdir(parents=True); (theirs/'notes.txt').write_text('mine')
+    with pytest.raises(DataError, match='petbreeds did not make it'):
+        download_pets('http://127.0.0.1:9/oxford-iiit-pet.tgz', tmp_path/'data', show_progress=False)
+    assert (theirs/'notes.txt').read_text()=='mine'
+
+def test_synthetic_pets_replace_only_their_own_folders(tmp_path):
+    "`make_synthetic_pets(dest=...)` never removes a folder it did not draw, nor a look-alike of its temporary folders."
+    from petbreeds.synthetic import make_synthetic_pets
+    mine = tmp_path/'photos'; mine.mkdir(); (mine/'holiday.jpg').write_bytes(b'jpeg')
+    lookalike = tmp_path/'.tmp-photos-album'; lookalike.mkdir(); (lookalike/'x.txt').write_text('mine')
+    with pytest.raises(DataError, match='not a set of synthetic pets'): make_synthetic_pets(1, dest=mine, verbose=False)
+    assert (mine/'holiday.jpg').read_bytes()==b'jpeg' and (lookalike/'x.txt').exists()
+    assert sorted(o.name for o in tmp_path.iterdir())==['.tmp-photos-album', 'photos']   # no temporary folder left
+    drawn = make_synthetic_pets(1, dest=tmp_path/'synth', verbose=False).parent
+    (drawn/'images'/'Birman_1.jpg').unlink()                                               # incomplete: drawn again
+    assert make_synthetic_pets(1, dest=drawn, verbose=False)==drawn/'images' and (drawn/'images'/'Birman_1.jpg').exists()
+
+def test_cli_json_through_a_symlink_and_into_a_pipe(tiny, tmp_path, capsys):
+    "`evaluate --json` keeps a symbolic link (its target gets the JSON) and writes a pipe in place, not replaced by a file."
+    os.symlink(tmp_path/'target.json', tmp_path/'out.json')
+    assert _main('evaluate', tiny['out'], tiny['src'], '--json', tmp_path/'out.json')==0
+    assert (tmp_path/'out.json').is_symlink() and json.loads((tmp_path/'target.json').read_text())['n_images']==8
+    r, w = os.pipe()
+    try: assert _main('evaluate', tiny['out'], tiny['src'], '--json', f'/proc/self/fd/{w}')==0
+    finally: os.close(w)
+    with os.fdopen(r) as f: assert json.loads(f.read())['n_images']==8
+    assert 'error rate:' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path))==['out.json', 'target.json']                     # no temporary file left
+
+def _sideways(src, dst, orientation=6, **save):
+    "`src` stored turned, as a phone stores a portrait photo, and tagged so that a correct reader shows it upright."
+    exif = Image.Exif(); exif[0x0112] = orientation
+    turn = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    Image.open(src).convert('RGB').transpose(turn).save(dst, exif=exif, **save)
+    return dst
+
+@pytest.fixture
+def photo():
+    from conftest import SAMPLE
+    if not SAMPLE.is_dir(): pytest.skip(f'no real photo sample at {SAMPLE}')
+    return sorted(SAMPLE.glob('*.jpg'))[0]     # test data only: read here, never copied into the repository
+
+def test_exif_orientation_read_upright(photo, tmp_path):
+    "A real photo stored sideways with its EXIF tag is read upright: the same pixels losslessly, within JPEG's error else."
+    up = np.asarray(Image.open(photo).convert('RGB'))
+    assert up.shape[0]!=up.shape[1]                                           # not square: a wrong turn shows in the shape
+    for o in (6, 8):
+        got = np.asarray(PetImage.create(_sideways(photo, tmp_path/f'Birman_{o}.png', o)))
+        assert got.shape==up.shape and (got==up).all()
+        got = np.asarray(PetImage.create(_sideways(photo, tmp_path/f'Birman_{o}.jpg', o, quality=95)))
+        assert got.shape==up.shape and np.abs(got.astype(int)-up).mean() < 3
+
+def test_exif_orientation_in_training_and_prediction(photo, tiny, tmp_path):
+    "The pets DataBlock's opener (training) and a loaded model's test_dl (evaluate, predict) both see the photo upright."
+    from petbreeds.presizing import PetImageBlock
+    Image.open(photo).convert('RGB').save(tmp_path/'pug_1.png')
+    side = _sideways(photo, tmp_path/'pug_2.png')
+    open_item = PetImageBlock(draft=64).type_tfms[0]
+    assert (np.asarray(open_item(side))==np.asarray(open_item(tmp_path/'pug_1.png'))).all()
+    x = load_model(tiny['out']).dls.test_dl([tmp_path/'pug_1.png', side]).one_batch()[0]
+    assert torch.equal(x[0], x[1])
+
+ODD = 'a\nx.jpg: pug 1.000\x1b[31m.jpg'     # a newline that forges an output line, and an escape that colours the terminal
+
+def test_cli_prints_names_safely(tiny, tmp_path, capsys, monkeypatch):
+    "A file name holding a newline and a terminal escape is printed escaped, on its own line, by predict and in skip reports."
+    shutil.copy(tiny['src']/'pug_0.jpg', tmp_path/ODD); (tmp_path/'b\x1b[2J.jpg').write_text('not a picture')
+    assert _main('predict', tiny['out'], tmp_path/ODD, tmp_path/'b\x1b[2J.jpg')==1
+    cap = capsys.readouterr()
+    assert cap.out.count('\n')==1 and cap.out.startswith(f'{tmp_path}/a\\nx.jpg: pug 1.000\\x1b[31m.jpg: '), cap.out
+    assert cap.err==f'petbreeds predict: {tmp_path}/b\\x1b[2J.jpg: not an image\n', cap.err
+    for f in tiny['src'].iterdir(): shutil.copy(f, tmp_path/f.name)
+    get_pet_files(tmp_path)
+    out = capsys.readouterr().out
+    assert out.count('\n')==1 and 'a\\nx.jpg: pug 1.000\\x1b[31m.jpg (name not Breed_123.jpg)' in out, out
+    import petbreeds.cli as cli
+    monkeypatch.setitem(cli._COMMANDS, 'quiz', lambda args: (_ for _ in ()).throw(DataError(f'bad file {ODD}')))
+    assert _main('quiz')==2
+    err = capsys.readouterr().err
+    assert '\x1b' not in err and _one_line(err) and 'x.jpg: pug 1.000\\x1b[31m.jpg' in err, err
