@@ -20,7 +20,7 @@ from .backbone import ARCHS, pets_learner, fast_depthwise
 from .losses import cross_entropy
 from .lr_finder import lr_find_compare
 from .model_files import atomic_write, atomic_path, _in_place
-from .errors import printable   # control characters escaped: a name cannot forge a line or steer the terminal
+from .safety import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['bench_pipeline', 'bench_workers', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'plot_bench',

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, contextlib, json, math, os, signal, sys
 from pathlib import Path
-from .errors import printable, PetbreedsError
+from .safety import printable, PetbreedsError
 
 # %% auto #0
 __all__ = ['PROFILE_NAMES', 'ARCH_NAMES', 'CliError', 'parse_slice', 'parse_split', 'build_parser', 'parse_args', 'train',

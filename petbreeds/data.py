@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from fastai.vision.all import *
-from .errors import printable, PetbreedsError, DataError   # the user's mistakes; names printed safely
+from .safety import printable, PetbreedsError, DataError   # the user's mistakes; names printed safely
 _all_ = ['DataError']   # defined with the other errors, used everywhere the data is
 from .download import get_dataset, DownloadError   # plumbing (17, 10): each imports nothing from this module
 from .synthetic import make_synthetic_pets

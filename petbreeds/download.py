@@ -14,7 +14,7 @@ from fastprogress.fastprogress import progress_bar
 from fastdownload import read_checks, checks_module, path_stats
 import fastai.data
 from fastai.data.external import fastai_path
-from .errors import PetbreedsError
+from .safety import PetbreedsError
 try: import fcntl
 except ImportError: fcntl = None
 

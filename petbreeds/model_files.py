@@ -16,7 +16,7 @@ from fastai.vision.all import *
 from .data import PetImage, PETS_PAT
 from .presizing import PetImageBlock, ResizedCropAffine
 from .backbone import pets_learner
-from .errors import PetbreedsError
+from .safety import PetbreedsError
 
 # %% ../nbs/18_model_files.ipynb #e6d60d6e
 class ModelFileError(PetbreedsError, ValueError):

@@ -13,7 +13,7 @@ from torchvision.models import get_model_weights
 from fastai.data.external import URLs, fastai_cfg
 import pandas as pd
 from fastprogress.fastprogress import progress_bar
-from .errors import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
+from .safety import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
 
 # %% auto #0
 __all__ = ['PETS', 'SYNTHETIC', 'PROFILES', 'FEW_SHOT', 'PETS_URL_VAR', 'RESNET_WEIGHTS', 'SEEDS', 'DataSource', 'Profile',

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, os, secrets, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
-from .errors import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
+from .safety import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
 
 # %% auto #0
 __all__ = ['QuizAppError', 'free_port', 'check_port', 'app_notebook', 'voila_main', 'QuizServer', 'serve_quiz']

@@ -8,7 +8,7 @@ import json, os, sqlite3, sys, time, uuid
 from contextlib import closing
 from pathlib import Path
 from fastcore.basics import patch_to
-from .errors import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
+from .safety import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
 
 # %% auto #0
 __all__ = ['PROGRESS_VAR', 'store_paths', 'Conflict', 'StoreError', 'Store']

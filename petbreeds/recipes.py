@@ -17,7 +17,7 @@ from .backbone import pets_learner
 from .presizing import pets_block
 from .interpret import most_confused_from_preds
 from .distributed import distributed, on_rank0_first
-from .errors import printable   # control characters escaped: a name cannot forge a line or steer the terminal
+from .safety import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
 __all__ = ['NCM_HEAD', 'NCM_FOLDS', 'EpochTimer', 'CPUAutocast', 'PerBreedSplitter', 'choose_split', 'make_splitter',

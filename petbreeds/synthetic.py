@@ -12,7 +12,7 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageEnhance
-from .errors import printable, DataError   # names printed safely; the user's data mistakes
+from .safety import printable, DataError   # names printed safely; the user's data mistakes
 
 # %% auto #0
 __all__ = ['VERSION', 'TRAITS', 'BREEDS', 'COLOURS', 'EYE_COLOURS', 'draw_pet', 'make_synthetic_pets']
