@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from fastai.vision.all import *
 from .download import get_dataset, DownloadError   # plumbing (17, 10): each imports nothing from this module
-from .synthetic import make_synthetic_pets
+from .synthetic_set import make_synthetic_pets
 
 # %% ../nbs/01_data_layout.ipynb #7a26db15
 def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_URL`

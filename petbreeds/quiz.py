@@ -174,7 +174,7 @@ def path_png(src):
 @lru_cache(maxsize=None)
 def _tiny_pets():
     "The chapter's `DataBlock`, a folder of 20 synthetic pets and their `DataLoaders` (made once per process)."
-    from petbreeds.synthetic import draw_pet
+    from petbreeds.synthetic_draw import draw_pet
     from petbreeds.presizing import pets_block
     from petbreeds.profiles import get_profile
     path = Path(tempfile.mkdtemp(prefix='petbreeds-quiz-pets-'))
