@@ -18,7 +18,7 @@ from fastai.vision.all import *
 from .safety import printable, PetbreedsError, DataError   # the user's mistakes; names printed safely
 _all_ = ['DataError']   # defined with the other errors, used everywhere the data is
 from .download import get_dataset, DownloadError   # plumbing (17, 10): each imports nothing from this module
-from .synthetic import make_synthetic_pets
+from .synthetic_set import make_synthetic_pets
 
 # %% ../nbs/01_data_layout.ipynb #7a26db15
 def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_URL`

@@ -41,7 +41,7 @@ def app_notebook(progress)->'nbformat.NotebookNode':
         metadata=dict(kernelspec=dict(name='petbreeds-quiz', display_name='petbreeds quiz', language='python')),
         cells=[new_markdown_cell('# Chapter 5 questionnaire\nFastai book, chapter 5 (pet breeds). **Check** asks the machine about an '
                                  'item it can check; your own words are yours to judge: **Show answer**, then tick the points you made.'),
-               new_code_cell('from petbreeds.quiz import quiz_widget\nfrom petbreeds.quiz_store import Store\n'
+               new_code_cell('from petbreeds.quiz_widgets import quiz_widget\nfrom petbreeds.quiz_store import Store\n'
                              f'quiz_widget(store=Store({str(progress)!r}))')])
 
 # %% ../nbs/20_quiz_app.ipynb #93f5c04d

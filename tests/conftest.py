@@ -100,9 +100,9 @@ def file_lock(path:Path):
 def warm_caches():
     "Draw the synthetic pets the notebooks and commands use, once, into `PETBREEDS_HOME`; a no-op when they are there."
     with file_lock(CACHE/'warm.lock'):
-        from petbreeds.synthetic import make_synthetic_pets
+        from petbreeds.synthetic_set import make_synthetic_pets
         make_synthetic_pets(per_breed=12, verbose=False)          # the offline profile's set
-        make_synthetic_pets(6, seed=1, verbose=False)              # 10_synthetic's second set
+        make_synthetic_pets(6, seed=1, verbose=False)              # 10_synthetic_set's second set
 
 def _git_status():
     "What `git status` says of the checkout (None outside git): a test run must leave it as it found it."

@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def synth():
-    from petbreeds.synthetic import make_synthetic_pets
+    from petbreeds.synthetic_set import make_synthetic_pets
     return make_synthetic_pets(per_breed=12)
 
 def test_train_offline(trained):
