@@ -19,7 +19,7 @@ from .presizing import pets_dls
 from .backbone import ARCHS, pets_learner, fast_depthwise
 from .losses import cross_entropy
 from .lr_finder import lr_find_compare
-from .model_files import atomic_write, atomic_path, _in_place
+from .safety import atomic_write, atomic_path, _in_place
 from .safety import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0

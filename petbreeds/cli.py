@@ -187,7 +187,8 @@ def train(args:argparse.Namespace)->int:
 # %% ../nbs/12_cli.ipynb #f4bb70b0
 def evaluate(args:argparse.Namespace)->int:
     "`petbreeds evaluate MODEL DIR`: `evaluate_model`, printed, and written as JSON with `--json`."
-    from petbreeds.recipes import load_model, evaluate_model, report_evaluation, atomic_write
+    from petbreeds.recipes import load_model, evaluate_model, report_evaluation
+    from petbreeds.safety import atomic_write
     if args.json not in (None, '-') and not Path(args.json).expanduser().parent.is_dir():
         raise CliError(f"--json {args.json!r}: its folder does not exist")
     stdout = sys.stdout

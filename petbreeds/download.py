@@ -6,7 +6,7 @@
 __all__ = ['DownloadError', 'UnsafeArchive', 'check_member', 'safe_extract', 'known_checks', 'download_file', 'get_dataset']
 
 # %% ../nbs/17_downloads.ipynb #0c7d13a4
-import os, re, gzip, http, lzma, zlib, copy, shutil, tarfile, tempfile, contextlib, urllib.parse
+import os, re, gzip, http, lzma, zlib, copy, shutil, tarfile, contextlib, urllib.parse
 from pathlib import Path
 import requests
 from fastcore.basics import remove_suffix
@@ -14,7 +14,7 @@ from fastprogress.fastprogress import progress_bar
 from fastdownload import read_checks, checks_module, path_stats
 import fastai.data
 from fastai.data.external import fastai_path
-from .safety import PetbreedsError
+from .safety import PetbreedsError, atomic_path
 try: import fcntl
 except ImportError: fcntl = None
 
@@ -63,11 +63,6 @@ def check_member(member:tarfile.TarInfo, # one member of a tar archive
 # %% ../nbs/17_downloads.ipynb #d0267e29
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
-def _rm(p:Path):
-    "Remove `p`, a temporary folder or file this program made."
-    if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
-    elif p.exists() or p.is_symlink(): p.unlink()
-
 def _plain_name(name:str, what:str)->str:
     "`name` if it is a plain file name; else `DownloadError`: empty, `.`, `..`, a path, or one of those percent-encoded."
     plain = name
@@ -87,21 +82,26 @@ def safe_extract(archive, # a tar archive (any compression tarfile reads)
     target = dest/_plain_name(remove_suffix(archive.stem, '.tar'), f"{archive.name}: the folder to extract into,")
     if _in_the_way(target): raise DownloadError(f"{target} is already there: safe_extract replaces nothing")
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}-', suffix='.partial', dir=dest))
     try:
-        with tarfile.open(archive) as tar:
+        # the rename at the end fails, replacing nothing, if a folder with files appeared there meanwhile
+        with atomic_path(target, folder=True) as tmp, tarfile.open(archive) as tar:
             members = tar.getmembers()
             for m in members: check_member(m, tmp, data_filter)
             # checked again one by one: an earlier member may be a link that a later name goes through
             kw = dict(filter='fully_trusted') if hasattr(tarfile, 'data_filter') else {}   # already filtered
             for m in members: tar.extract(check_member(m, tmp, data_filter), tmp, **kw)
-        top = list(tmp.iterdir())
-        root = top[0] if len(top)==1 and top[0].is_dir() and not top[0].is_symlink() else tmp
-        os.replace(root, target)   # fails, replacing nothing, if a folder with files appeared there meanwhile
+            _lift(tmp)
         return target
     except _CORRUPT as e:
         raise DownloadError(f"{archive.name} is not a complete tar archive ({type(e).__name__}: {str(e)[:80]})") from None
-    finally: _rm(tmp)
+
+def _lift(tmp:Path):
+    "An archive of one folder (`oxford-iiit-pet/…`): that folder's contents, moved up into `tmp`."
+    top = list(tmp.iterdir())
+    if len(top)!=1 or not top[0].is_dir() or top[0].is_symlink(): return
+    hold = top[0].rename(tmp/f'.lift-{os.getpid()}')   # its contents may hold its own name
+    for p in hold.iterdir(): p.rename(tmp/p.name)
+    hold.rmdir()
 
 # %% ../nbs/17_downloads.ipynb #d541984e
 def known_checks(url:str)->tuple|None:
@@ -137,20 +137,19 @@ def download_file(url:str, # http(s) URL
                   read_timeout:float=30, # seconds to wait for each next bytes
                   show_progress:bool=True, # a fastprogress bar, when the size is known
                  )->Path:
-    "Download `url` to `dest` through `dest.part`: timeouts, progress bar, size/MD5 `checks`; one-line `DownloadError`."
-    dest = Path(dest); part = dest.with_name(dest.name+'.part')
+    "Download `url` to `dest` through a temporary file beside it: timeouts, progress bar, size/MD5 `checks`; one-line `DownloadError`."
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as r:
+        with atomic_path(dest) as part, requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as r:
             if r.status_code!=200: raise DownloadError(f"{url}: {_status(r)}")
             total = int(r.headers.get('Content-Length') or 0) or None
             if checks and total and total!=checks[0]: raise DownloadError(f"{url}: the server offers {total:,} bytes, fastai's record says {checks[0]:,}")
             got = _save(r, part, total, show_progress)
-        if total and got!=total: raise DownloadError(f"{url}: the connection closed after {got:,} of {total:,} bytes")
-        if checks and path_stats(part)!=tuple(checks): raise DownloadError(f"{url}: size or checksum differs from fastai's record: a corrupt or changed file")
-        return part.replace(dest)
+            if total and got!=total: raise DownloadError(f"{url}: the connection closed after {got:,} of {total:,} bytes")
+            if checks and path_stats(part)!=tuple(checks): raise DownloadError(f"{url}: size or checksum differs from fastai's record: a corrupt or changed file")
+        return dest
     except requests.RequestException as e: raise DownloadError(f"{url}: {_why(e, connect_timeout, read_timeout)}") from None
-    finally: part.unlink(missing_ok=True)
 
 # %% ../nbs/17_downloads.ipynb #dc71db9b
 @contextlib.contextmanager

@@ -173,7 +173,8 @@ def check_weights(arch:str, pretrained:bool=True):
                        "use --arch efficientnet_lite0 (weights shipped offline) or --no-pretrained")
 
 # %% ../nbs/14_recipes.ipynb #f92d9b29
-from .model_files import run_folder, check_writable, save_model, atomic_path, atomic_write, load_model
+from .model_files import run_folder, check_writable, save_model, load_model
+from .safety import atomic_path, atomic_write
 
 # %% ../nbs/14_recipes.ipynb #c1982a4b
 def _train_data(p:Profile, split, seed, workers, rank, world):
