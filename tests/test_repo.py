@@ -197,6 +197,18 @@ def test_modules_are_small():
     big = {p.name: n for p in (ROOT/'petbreeds').glob('*.py') if p.stem!='_modidx' and (n := len(p.read_text().splitlines())) > 360}
     assert not big, big
 
+def test_one_error_root_and_one_atomic_writer():
+    "Every public exception derives from PetbreedsError; only petbreeds.safety renames files into place (issue 21)."
+    import importlib, inspect
+    from petbreeds.safety import PetbreedsError
+    mods = [p.stem for p in (ROOT/'petbreeds').glob('*.py') if p.stem not in ('_modidx', '__init__')]
+    bad = [f'{m}.{n}' for m in mods for n, o in vars(importlib.import_module(f'petbreeds.{m}')).items()
+           if inspect.isclass(o) and issubclass(o, BaseException) and not n.startswith('_')
+           and o.__module__.startswith('petbreeds') and not issubclass(o, PetbreedsError)]
+    assert not bad, bad
+    renames = [p.name for p in (ROOT/'petbreeds').glob('*.py') if re.search(r'os\.replace\(|\.replace\(dest|os\.rename\(', p.read_text())]
+    assert renames == ['safety.py'], renames
+
 def test_readme_links_badges_and_licence():
     "README works on GitHub and on the site: its links reach files and pages that exist, it shows the docs site and the CI and docs badges, and the licence is Apache-2.0."
     readme = (ROOT/'README.md').read_text()
