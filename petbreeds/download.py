@@ -144,10 +144,12 @@ def download_file(url:str, # http(s) URL
         with atomic_path(dest) as part, requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as r:
             if r.status_code!=200: raise DownloadError(f"{url}: {_status(r)}")
             total = int(r.headers.get('Content-Length') or 0) or None
-            if checks and total and total!=checks[0]: raise DownloadError(f"{url}: the server offers {total:,} bytes, fastai's record says {checks[0]:,}")
+            if checks and total and total!=checks[0]:
+                raise DownloadError(f"{url}: the server offers {total:,} bytes, fastai's record says {checks[0]:,}")
             got = _save(r, part, total, show_progress)
             if total and got!=total: raise DownloadError(f"{url}: the connection closed after {got:,} of {total:,} bytes")
-            if checks and path_stats(part)!=tuple(checks): raise DownloadError(f"{url}: size or checksum differs from fastai's record: a corrupt or changed file")
+            if checks and path_stats(part)!=tuple(checks):
+                raise DownloadError(f"{url}: size or checksum differs from fastai's record: a corrupt or changed file")
         return dest
     except requests.RequestException as e: raise DownloadError(f"{url}: {_why(e, connect_timeout, read_timeout)}") from None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from .synthetic import BREEDS, VERSION
 from .synthetic_draw import draw_pet
-from .safety import printable, DataError, atomic_path, atomic_write   # names printed safely, the user's data mistakes, whole files
+from .safety import shown, DataError, atomic_path, atomic_write   # names printed safely, the user's data mistakes, whole files
 
 # %% auto #0
 __all__ = ['make_synthetic_pets']
@@ -104,5 +104,5 @@ def make_synthetic_pets(per_breed:int=12, # images per breed
     except OSError:   # another run finished the same set first: the rename refuses to replace it
         if not _complete(dest, per_breed): raise
         return _annotate(dest, per_breed, seed)/'images'
-    if verbose: print(f'Drew {len(BREEDS)*per_breed} synthetic pets in {time.perf_counter()-start:.1f} s into {printable(dest)}')
+    if verbose: print(f'Drew {len(BREEDS)*per_breed} synthetic pets in {time.perf_counter()-start:.1f} s into {shown(dest)}')
     return dest/'images' 

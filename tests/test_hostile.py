@@ -260,7 +260,7 @@ def test_a_folder_the_program_did_not_make_is_left_alone(tmp_path):
 
 def test_synthetic_pets_replace_only_their_own_folders(tmp_path):
     "`make_synthetic_pets(dest=...)` never removes a folder it did not draw, nor a look-alike of its temporary folders."
-    from petbreeds.synthetic import make_synthetic_pets
+    from petbreeds.synthetic_set import make_synthetic_pets
     mine = tmp_path/'photos'; mine.mkdir(); (mine/'holiday.jpg').write_bytes(b'jpeg')
     lookalike = tmp_path/'.tmp-photos-album'; lookalike.mkdir(); (lookalike/'x.txt').write_text('mine')
     with pytest.raises(DataError, match='not a set of synthetic pets'): make_synthetic_pets(1, dest=mine, verbose=False)
