@@ -239,3 +239,13 @@ def test_licence_and_data_files_in_sdist_and_wheel(tmp_path):
     assert {'LICENSE', 'petbreeds/questions.yaml', 'petbreeds/traits.csv'} <= in_sdist, sorted(in_sdist)[:20]
     assert any(n.endswith('LICENSE') for n in in_wheel), in_wheel
     assert {'petbreeds/questions.yaml', 'petbreeds/traits.csv'} <= set(in_wheel), in_wheel
+
+def test_chapter_opens_in_colab_and_kaggle():
+    "Each chapter notebook links to itself on Colab and Kaggle, and its first code cell installs petbreeds there only (issue 20)."
+    for nb in sorted((ROOT/'nbs').glob('0[1-8]_*.ipynb')):
+        cells = json.loads(nb.read_text())['cells']
+        title, first = ''.join(cells[0]['source']), next(''.join(c['source']) for c in cells if c['cell_type']=='code')
+        assert f'colab.research.google.com/github/petbreeds/petbreeds/blob/main/nbs/{nb.name})' in title, nb.name
+        assert f'kaggle.com/kernels/welcome?src=https://github.com/petbreeds/petbreeds/blob/main/nbs/{nb.name})' in title, nb.name
+        assert first.startswith('#| hide') and '[ -e /content ] || [ -e /kaggle ] && pip install' in first, f'{nb.name}: {first[:80]!r}'
+        assert '-U' not in first and 'torch' not in first.split('\n')[-1], f'{nb.name}: the install must keep their torch'
