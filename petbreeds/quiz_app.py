@@ -6,10 +6,10 @@
 from __future__ import annotations
 import json, os, secrets, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
-from .safety import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
+from .safety import printable, private_dir, PetbreedsError   # names printed safely; /tmp safely; the root of the user's mistakes
 
 # %% auto #0
-__all__ = ['QuizAppError', 'free_port', 'check_port', 'app_notebook', 'voila_main', 'QuizServer', 'serve_quiz']
+__all__ = ['QuizAppError', 'free_port', 'check_port', 'app_notebook', 'voila_main', 'QuizServer', 'limit_memory', 'serve_quiz']
 
 # %% ../nbs/20_quiz_app.ipynb #10cb8cbe
 class QuizAppError(PetbreedsError, ValueError):
@@ -50,16 +50,46 @@ def _watch_parent(parent:int):
     while os.getppid() == parent: time.sleep(1)
     os.kill(os.getpid(), signal.SIGTERM)
 
-def voila_main(parent:str, *argv):
-    "Run Voilà with `argv`, refusing non-local Host headers, and stopping when process `parent` ends."
+def _own_page_only(base, origin:str):
+    """Identity provider class `base` checking the origin of every request, token or not: a websocket from a page of another origin
+    than `origin` is refused (403, by tornado's check), and any other request knows no user (a redirect to log in, or 403)."""
+    from tornado.websocket import WebSocketHandler
+    class OwnPageOnly(base):
+        def should_check_origin(self, handler): return True   # jupyter_server skips the check for token-authenticated requests
+        def get_user(self, handler):
+            o = handler.request.headers.get('Origin')
+            if o is None or o == origin or isinstance(handler, WebSocketHandler): return super().get_user(handler)
+    return OwnPageOnly
+
+def _capped(base, max_kernels:int):
+    "Kernel manager class `base` that refuses (503) to start a kernel while `max_kernels` run or start."
+    from tornado.web import HTTPError
+    class Capped(base):
+        starting = 0
+        async def start_kernel(self, *args, **kwargs):
+            if len(self.list_kernel_ids()) + self.starting >= max_kernels:
+                raise HTTPError(503, reason=f'{max_kernels} quiz pages are open already: close one')   # no log message: it would log the URL
+            self.starting += 1
+            try: return await super().start_kernel(*args, **kwargs)
+            finally: self.starting -= 1
+    return Capped
+
+# %% ../nbs/20_quiz_app.ipynb #1cec6f5b
+def voila_main(parent:str, max_kernels:str, *argv):
+    "Run Voilà with `argv`: local Host headers, its own page and at most `max_kernels` kernels only; stop when process `parent` ends."
     # jsonschema's optional "iri" format check builds a grammar when imported (2.5 s, half of the app's start here);
     # the Jupyter event schemas Voilà validates never use that format, and without the module jsonschema skips it
     sys.modules.setdefault('rfc3987_syntax', None)
     from voila.app import Voila
+    from jupyter_server.log import log_request
     class LocalVoila(Voila):
         def init_settings(self):
+            origin, cfg = f'http://{self.ip}:{self.port}', self.voila_configuration
+            self.identity_provider_class = _own_page_only(self.identity_provider_class, origin)
+            cfg.multi_kernel_manager_class = _capped(cfg.multi_kernel_manager_class, int(max_kernels))
             s = super().init_settings()
-            s.update(allow_remote_access=False, local_hostnames=['localhost'])
+            s.update(allow_remote_access=False, local_hostnames=['localhost'], allow_origin=origin,
+                     log_function=lambda h: log_request(h, record_prometheus_metrics=False))   # Jupyter's: logs URLs without their token
             return s
     threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
     signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
@@ -101,33 +131,57 @@ def _writable_store(progress)->Path:
     from petbreeds.quiz_store import Store
     st = Store(progress)
     if not st.readonly: return st.path
-    alt = Store(Path(tempfile.gettempdir())/f'petbreeds-quiz-{os.getuid() if hasattr(os, "getuid") else "user"}.sqlite3', verbose=False)
+    alt = Store(private_dir(f'petbreeds-answers-{os.getuid() if hasattr(os, "getuid") else "user"}')/'answers.sqlite3', verbose=False)
     for k,(v,_) in st.values.items():
         if alt.rev(k) == 0: alt.put(k, v)
     print(f'For now the quiz saves to {printable(alt.path)}: copy or export it somewhere safe.', file=sys.stderr)
     return alt.path
 
 # %% ../nbs/20_quiz_app.ipynb #2d8555fe
-def _voila_cmd(nb:Path, port:int, token:str, cull_idle:int)->list:
+def limit_memory(nbytes:int)->int:
+    "Limit this process's data (its heap and the memory it maps) to `nbytes`, for good: more is a `MemoryError`. The limit set (0: none can be)."
+    try: import resource
+    except ImportError: return 0   # Windows
+    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+    n = nbytes if hard == resource.RLIM_INFINITY else min(nbytes, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (n, n))   # the hard limit too: the learner's code cannot raise it again
+    return n
+
+_KERNEL = ('import sys; from petbreeds.quiz_app import limit_memory; limit_memory(int(sys.argv.pop(1))); '
+           'from ipykernel.kernelapp import launch_new_instance; launch_new_instance()')
+
+def _kernel_argv(kernel_memory:float)->list:
+    "The kernel's command: this Python, its data bounded to `kernel_memory` GiB and 64 MiB a core for threads' stacks (0: unbounded)."
+    if not kernel_memory: return [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}']
+    return [sys.executable, '-c', _KERNEL, str(int(kernel_memory*2**30) + 2**26*(os.cpu_count() or 1)), '-f', '{connection_file}']
+
+def _voila_cmd(nb:Path, port:int, cull_idle:int, max_kernels:int)->list:
     return [sys.executable, '-c', 'import sys; from petbreeds.quiz_app import voila_main; voila_main(*sys.argv[1:])', str(os.getpid()),
-            str(nb), f'--port={port}', '--Voila.port_retries=0', '--Voila.ip=127.0.0.1', '--no-browser', f'--Voila.token={token}',
+            str(max_kernels), str(nb), f'--port={port}', '--Voila.port_retries=0', '--Voila.ip=127.0.0.1', '--no-browser',
+            '--Voila.auto_token=True',   # the token: from $JUPYTER_TOKEN_FILE, never from the command line
             '--strip_sources=True', '--theme=light', '--show_tracebacks=False',
             '--VoilaExecutor.iopub_timeout=120', '--VoilaExecutor.timeout=600',   # a loaded machine still shows all 25 questions
             f'--MappingKernelManager.cull_idle_timeout={cull_idle}', f'--MappingKernelManager.cull_interval={max(1, min(30, cull_idle//2))}']
 
-def _start(port:int, store:Path, cull_idle:int)->QuizServer:
-    "Write the app folder and start Voilà in it (in a session of its own)."
+def _private_file(path:Path, text:str)->Path:
+    "Create `path` (it must not exist) readable by this user only, holding `text`."
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'w') as f: f.write(text)
+    return path
+
+def _start(port:int, store:Path, cull_idle:int, max_kernels:int=4, kernel_memory:float=4.)->QuizServer:
+    "Write the app folder (only its user can enter it) and start Voilà in it, in a session of its own."
     import nbformat
-    workdir = tempfile.TemporaryDirectory(prefix='petbreeds-quiz-')
+    workdir = tempfile.TemporaryDirectory(prefix='petbreeds-quiz-')   # mode 0700
     d, token = Path(workdir.name), secrets.token_urlsafe(24)
     nbformat.write(app_notebook(store), d/'quiz.ipynb')
     kdir = d/'share'/'kernels'/'petbreeds-quiz'; kdir.mkdir(parents=True)
-    (kdir/'kernel.json').write_text(json.dumps(dict(argv=[sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-                                                    display_name='petbreeds quiz', language='python')))
-    env = {**os.environ, 'JUPYTER_PATH': os.pathsep.join(filter(None, [str(d/'share'), os.environ.get('JUPYTER_PATH')]))}
+    (kdir/'kernel.json').write_text(json.dumps(dict(argv=_kernel_argv(kernel_memory), display_name='petbreeds quiz', language='python')))
+    env = {k: v for k,v in os.environ.items() if k != 'JUPYTER_TOKEN'}   # it would win over the file
+    env.update(JUPYTER_PATH=os.pathsep.join(filter(None, [str(d/'share'), os.environ.get('JUPYTER_PATH')])),
+               JUPYTER_TOKEN_FILE=str(_private_file(d/'token', token)))
     log = d/'voila.log'
     with open(log, 'wb') as f:
-        proc = subprocess.Popen(_voila_cmd(d/'quiz.ipynb', port, token, cull_idle), cwd=d, env=env, stdout=f,
+        proc = subprocess.Popen(_voila_cmd(d/'quiz.ipynb', port, cull_idle, max_kernels), cwd=d, env=env, stdout=f,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     return QuizServer(proc, f'http://127.0.0.1:{port}/?token={token}', store, workdir, log)
 
@@ -153,13 +207,15 @@ def serve_quiz(port:int=8866, # TCP port on 127.0.0.1 (0: any free port)
                block:bool=True, # serve until Ctrl-C, SIGTERM or SIGHUP; `False`: return the running `QuizServer`
                timeout:float=60., # seconds to wait for Voilà to start
                cull_idle:int=120, # seconds after which a kernel no page is connected to is shut down
+               max_kernels:int=4, # kernels (open pages) at most at once; one more page is refused
+               kernel_memory:float=4., # GiB of data each kernel may hold (plus 64 MiB a core for its threads' stacks); 0: unbounded
               ):
     "Serve the questionnaire on 127.0.0.1 with Voilà, reachable only with the token printed in its URL."
     import importlib.util
     if importlib.util.find_spec('voila') is None:
         raise QuizAppError('The quiz app needs Voilà, which is not installed: pip install voila (or use quiz_widget() in a notebook).')
     port = check_port(port)
-    srv = _start(port, _writable_store(progress), cull_idle)
+    srv = _start(port, _writable_store(progress), cull_idle, max_kernels, kernel_memory)
     _wait_listening(srv, port, timeout)
     if open_browser:
         import webbrowser

@@ -4,14 +4,14 @@
 
 # %% ../nbs/19_quiz_store.ipynb #1f82c4ca
 from __future__ import annotations
-import json, os, sqlite3, sys, time, uuid
+import json, math, os, re, sqlite3, sys, time, uuid
 from contextlib import closing
 from pathlib import Path
 from fastcore.basics import patch_to
 from .safety import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
 
 # %% auto #0
-__all__ = ['PROGRESS_VAR', 'store_paths', 'Conflict', 'StoreError', 'Store']
+__all__ = ['PROGRESS_VAR', 'MAX_IMPORT_BYTES', 'MAX_TEXT', 'store_paths', 'Conflict', 'StoreError', 'Store', 'answers_in']
 
 # %% ../nbs/19_quiz_store.ipynb #4da80a93
 PROGRESS_VAR = 'PETBREEDS_QUIZ_PROGRESS'
@@ -130,26 +130,38 @@ def _ensure(self):
 
 # %% ../nbs/19_quiz_store.ipynb #56b81eea
 @patch_to(Store)
-def put(self, key:str, value, # any JSON-serialisable value
-        force:bool=False)->int: # overwrite even if someone else saved `key` since we read it
-    "Save `value` for `key` as a new revision; `Conflict` if another writer saved it since this store read it."
-    self._ensure()
+def _write(self, key:str, value, force:bool)->int:
+    "Inside a transaction: write `value` as `key`'s next revision (its number), or `Conflict` if another writer saved `key` since."
     data = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    row = self._con.execute('SELECT value, rev FROM answers WHERE key=?', (key,)).fetchone()
+    cur = row[1] if row else 0
+    if cur != self.rev(key) and not force:
+        try: theirs = json.loads(row[0])
+        except (TypeError, ValueError): theirs = None
+        raise Conflict(key, theirs, cur)
+    self._con.execute('INSERT OR REPLACE INTO answers VALUES (?,?,?,?)', (key, data, cur+1, time.time()))
+    return cur+1
+
+@patch_to(Store)
+def put_all(self, values:dict, # {key: value}, each value JSON-serialisable
+            force:bool=False)->dict: # overwrite even if someone else saved a key since we read it
+    "Save every `{key: value}` as a new revision in one transaction: all of them or, on a `Conflict` or any error, none. `{key: rev}`."
+    self._ensure()
     con = self._con
     con.execute('BEGIN IMMEDIATE')
     try:
-        row = con.execute('SELECT value, rev FROM answers WHERE key=?', (key,)).fetchone()
-        cur = row[1] if row else 0
-        if cur != self.rev(key) and not force:
-            try: theirs = json.loads(row[0])
-            except (TypeError, ValueError): theirs = None
-            raise Conflict(key, theirs, cur)
-        con.execute('INSERT OR REPLACE INTO answers VALUES (?,?,?,?)', (key, data, cur+1, time.time()))
+        revs = {k: self._write(k, v, force) for k,v in values.items()}
         con.execute('COMMIT')
     except BaseException:
         con.execute('ROLLBACK'); raise
-    self.values[key] = (value, cur+1)
-    return cur+1
+    self.values.update({k: (v, revs[k]) for k,v in values.items()})
+    return revs
+
+@patch_to(Store)
+def put(self, key:str, value, # any JSON-serialisable value
+        force:bool=False)->int: # overwrite even if someone else saved `key` since we read it
+    "Save `value` for `key` as a new revision; `Conflict` if another writer saved it since this store read it."
+    return self.put_all({key: value}, force)[key]
 
 # %% ../nbs/19_quiz_store.ipynb #0d8a0a3f
 @patch_to(Store)
@@ -178,6 +190,9 @@ def learner(self)->str:
 
 # %% ../nbs/19_quiz_store.ipynb #b879e4c4
 _FORMAT = 'petbreeds-quiz-answers'
+_FORMATS = (_FORMAT, 'petbreeds-quiz-progress')   # what `export` writes; the old progress file
+MAX_IMPORT_BYTES, MAX_TEXT = 2**20, 20_000         # an answers file, and one answer in it, at most
+_KEY = re.compile(r'([qr]\d{1,2})(?:\.(self|[1-9]\d?))?')
 
 @patch_to(Store)
 def export(self, dest)->Path:
@@ -187,14 +202,60 @@ def export(self, dest)->Path:
     dest.write_text(json.dumps(dict(format=_FORMAT, version=1, answers=vals), indent=1, ensure_ascii=False), encoding='utf-8')
     return dest
 
+# %% ../nbs/19_quiz_store.ipynb #04bff595
+def _finite(s:str)->float:
+    if not math.isfinite(x := float(s)): raise ValueError(f'{s} is not a finite number')
+    return x
+
+def _not_a_number(s): raise ValueError(f'{s} is not a number')
+
+def _read_json(src):
+    "The JSON in file `src`: at most `MAX_IMPORT_BYTES`, finite numbers only; `ValueError` (or `OSError`) saying why not."
+    with open(src, 'rb') as f: b = f.read(MAX_IMPORT_BYTES + 1)
+    if len(b) > MAX_IMPORT_BYTES: raise ValueError(f'it is larger than {MAX_IMPORT_BYTES >> 20} MiB, more than answers take')
+    try: return json.loads(b.decode('utf-8'), parse_float=_finite, parse_constant=_not_a_number)
+    except RecursionError: raise ValueError('it is nested too deeply to be answers') from None
+
+# %% ../nbs/19_quiz_store.ipynb #86ec1072
+def _item_error(v)->str|None:
+    if not isinstance(v, dict) or not set(v) <= {'response', 'passed', 'imported'}: return 'must be a response and a verdict'
+    r, ok = v.get('response'), v.get('passed')
+    if not (r is None or isinstance(r, str) and len(r) <= MAX_TEXT): return f'must be text of at most {MAX_TEXT} characters'
+    return None if ok is None or type(ok) is bool else 'must have a verdict that is true or false'
+
+def _answer_error(key, v, questions:dict)->str|None:
+    "Why `v` cannot be the answer the quiz saves as `key` (None: it can), with `questions` as `{qid: Question}`."
+    m = _KEY.fullmatch(key) if isinstance(key, str) else None
+    q = questions.get(m[1]) if m else None
+    if q is None or (m[2] not in (None, 'self') and int(m[2]) > len(q.items)): return 'is not one the quiz asks'
+    if m[2] is None: return None if isinstance(v, str) and len(v) <= MAX_TEXT else f'must be text of at most {MAX_TEXT} characters'
+    if m[2] == 'self':
+        ok = isinstance(v, list) and len(v) <= len(q.rubric) and all(type(i) is int and 0 <= i < len(q.rubric) for i in v)
+        return None if ok else f'must list rubric points by number, from 0 to {len(q.rubric)-1}'
+    return _item_error(v)
+
+# %% ../nbs/19_quiz_store.ipynb #cbb30538
+def answers_in(src)->dict:
+    "The answers in file `src` (written by `export`, or an old progress file), checked whole; `StoreError` (one line) if any is not an answer."
+    from petbreeds.quiz import QUESTIONS
+    try:
+        d = _read_json(src)
+        if not isinstance(d, dict) or not isinstance(d.get('answers'), dict) or d.get('format', _FORMAT) not in _FORMATS:
+            raise ValueError('it holds no quiz answers')
+        out, qs = {}, {q.qid: q for q in QUESTIONS}
+        for k,v in d['answers'].items():
+            if isinstance(v, dict) and isinstance(k, str) and '.' not in k and 'text' in v: v = v['text']   # the old progress file's entries
+            if why := _answer_error(k, v, qs): raise ValueError(f'its answer {printable(k)[:40]!r} {why}')
+            out[k] = {**v, 'imported': True} if isinstance(v, dict) else v   # a checked item's answer: its code runs only once confirmed
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise StoreError(f'Cannot import answers from {printable(src)}: {printable(e)}. Nothing was imported.') from None
+    return out
+
+def _unmarked(v): return {k: o for k,o in v.items() if k != 'imported'} if isinstance(v, dict) else v
+
 @patch_to(Store)
 def import_answers(self, src)->int:
-    "Add the answers in a JSON file written by `export` (or an old progress file), each as a new revision."
-    try: d = json.loads(Path(src).read_text(encoding='utf-8'))
-    except (OSError, UnicodeDecodeError, ValueError) as e: raise StoreError(f'Cannot read answers from {src}: {e}') from None
-    if not isinstance(d, dict) or not isinstance(d.get('answers'), dict): raise StoreError(f'{src} holds no quiz answers.')
-    n = 0
-    for k,v in d['answers'].items():
-        if isinstance(v, dict) and 'text' in v: v = v['text']   # the old progress file's entries
-        if isinstance(k, str) and v is not None and v != self.get(k): self.put(k, v, force=True); n += 1
-    return n
+    "Add the answers in a JSON file written by `export` (or an old progress file), all or none, each as a new revision; how many changed."
+    new = {k: v for k,v in answers_in(src).items() if _unmarked(v) != _unmarked(self.get(k))}
+    self.put_all(new, force=True)
+    return len(new)

@@ -8,6 +8,7 @@ import html
 from fastcore.basics import patch_to
 from .quiz import QUESTIONS, Choice, Code, Feedback, Item, Question, check_answer, get_question
 from .quiz_store import Conflict, Store
+from .safety import printable   # imported code shown as it is: no hidden characters
 
 # %% auto #0
 __all__ = ['md_to_html', 'quiz_summary', 'QuestionView', 'quiz_widget', 'answers_markdown', 'show_question']
@@ -43,17 +44,20 @@ def _summary_html(s:dict)->str:
 
 # %% ../nbs/23_quiz_widgets.ipynb #fea1c9f1
 def _item_row(view, it:Item):
-    "The widgets of one checked item: prompt, input, Check, the machine's verdict."
+    "The widgets of one checked item: prompt, input, Check, the machine's verdict, and Run it (for imported code, hidden)."
     import ipywidgets as W
     from types import SimpleNamespace
     lay = W.Layout(width='95%')
     if isinstance(it, Choice): inp = W.RadioButtons(options=it.options(view.store.learner), value=None, layout=lay)
     else: inp = W.Text(placeholder='a Python expression' if isinstance(it, Code) else 'numbers, e.g. 1.5, 2', layout=lay)
     btn = W.Button(description='Check', button_style='primary', icon='check').add_class('quiz-check')
+    run = W.Button(description='Run it', button_style='warning', icon='play', layout=W.Layout(display='none')).add_class('quiz-confirm')
     fb = W.HTML().add_class('quiz-verdict')
-    box = W.VBox([W.HTML(md_to_html(it.prompt)), inp.add_class('quiz-input'), btn, fb]).add_class('quiz-item').add_class(f'quiz-item-{it.n}')
-    row = SimpleNamespace(item=it, input=inp, check=btn, feedback=fb, box=box)
+    box = W.VBox([W.HTML(md_to_html(it.prompt)), inp.add_class('quiz-input'), btn, fb, run]).add_class('quiz-item').add_class(f'quiz-item-{it.n}')
+    row = SimpleNamespace(item=it, input=inp, check=btn, feedback=fb, confirm=run, box=box, imported=False)
     btn.on_click(lambda _: view.check_item(row))
+    run.on_click(lambda _: view.confirm_item(row))
+    inp.observe(lambda _: view.edited(row), names='value')
     return row
 
 # %% ../nbs/23_quiz_widgets.ipynb #72df18c2
@@ -84,6 +88,8 @@ class QuestionView:
         self.load()
 
 # %% ../nbs/23_quiz_widgets.ipynb #ba493fff
+_IMPORTED = ('<span style="color:#9a6700">⚠ This code came in an imported file and has not run here: read it before you Check it.</span>')
+
 @patch_to(QuestionView)
 def load(self):
     "Show what the store holds for this question."
@@ -97,8 +103,11 @@ def load(self):
             resp = saved.get('response')
             if isinstance(r.item, Choice): r.input.value = resp if resp in r.input.options else None
             else: r.input.value = str(resp or '')
-            ok = saved.get('passed')
-            r.feedback.value = '' if ok is None else Feedback(self.q.qid, ok, f"Machine check (saved): {'right' if ok else 'not yet'}.").to_html()
+            r.imported = isinstance(r.item, Code) and saved.get('imported') is True and bool(str(resp or '').strip())
+            r.confirm.layout.display, ok = 'none', saved.get('passed')
+            how = 'imported from a file, not checked here' if saved.get('imported') else 'saved'
+            r.feedback.value = '' if ok is None else Feedback(self.q.qid, ok, f"Machine check ({how}): {'right' if ok else 'not yet'}.").to_html()
+            if r.imported: r.feedback.value += _IMPORTED
         self.conflict.value, self.reload_btn.layout.display = '', 'none'
     finally: self.loading = False
 
@@ -123,12 +132,32 @@ def reload(self):
 # %% ../nbs/23_quiz_widgets.ipynb #7595c1a0
 @patch_to(QuestionView)
 def check_item(self, row):
-    "Run the machine's check on an item's response, show the verdict, save both."
+    "Run the machine's check on an item's response, show the verdict, save both; for imported code, first ask to confirm."
+    if row.imported: return self.ask_to_confirm(row)
     row.feedback.value = '<span style="color:#57606a">Checking…</span>'
     fb = check_answer(self.q, row.input.value, item=row.item)
     row.feedback.value = fb.to_html()
     self.save(row.item.key, dict(response=row.input.value, passed=fb.passed))
     return fb
+
+@patch_to(QuestionView)
+def ask_to_confirm(self, row):
+    "Show imported code as it is (control and text-reordering characters escaped), and Run it: a file's code never runs on one click of Check."
+    row.feedback.value = ('<span style="color:#9a6700">⚠ This code came in an imported file and has not run here:</span>'
+                          f'<pre style="white-space:pre-wrap">{html.escape(printable(row.input.value))}</pre><span style="color:#9a6700">'
+                          'Checking runs it as Python, with your rights: <b>Run it</b> only if you trust it, or edit it first.</span>')
+    row.confirm.layout.display = ''
+
+@patch_to(QuestionView)
+def confirm_item(self, row):
+    "The learner has read the imported code and asks to run it: check it."
+    row.imported, row.confirm.layout.display = False, 'none'
+    return self.check_item(row)
+
+@patch_to(QuestionView)
+def edited(self, row):
+    "The learner changed a response: it is theirs now (no longer an imported one)."
+    if not self.loading: row.imported, row.confirm.layout.display = False, 'none'
 
 @patch_to(QuestionView)
 def on_show(self, change):
