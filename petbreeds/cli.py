@@ -66,6 +66,10 @@ def _fraction(s):
     if v > 1: raise argparse.ArgumentTypeError(f"{s!r} must be in (0, 1]: a fraction of the image's area")
     return v
 
+def _folder(s):
+    if not s.strip(): raise argparse.ArgumentTypeError(f"{s!r} names no folder: name one, or leave the option out")
+    return s
+
 # %% ../nbs/12_cli.ipynb #88d86110
 class _Parser(argparse.ArgumentParser):
     "`ArgumentParser` whose usage errors become a one-line `CliError`."
@@ -78,7 +82,7 @@ _PROFILE_HELP = 'run profile (default: PETBREEDS_PROFILE, else auto)'
 
 def _train_data_options(t):
     t.add_argument('--profile', choices=PROFILE_NAMES, help=_PROFILE_HELP)
-    t.add_argument('--data', metavar='DIR',
+    t.add_argument('--data', metavar='DIR', type=_folder,
                    help="a folder of Oxford-named images (Breed_123.jpg) instead of the profile's")
     t.add_argument('--size', type=_int_in(16, 'pixels'), help='final image size (batch transform)')
     t.add_argument('--presize', type=_int_in(16, 'pixels'), help='per-item Resize before augmentation')
@@ -116,8 +120,9 @@ def _train_recipe_options(t):
                    "(fastai's default); --no-train-bn makes frozen epochs cheaper")
     t.add_argument('--threads', type=_int_in(1, 'threads'),
                    help="torch CPU threads per process (default: torch's; 1 is much faster on a busy machine)")
-    t.add_argument('--out', metavar='DIR',
-                   help='where to write results.json, model.json + model.safetensors and model.pkl (default: a new runs/<time>-<random>)')
+    t.add_argument('--out', metavar='DIR', type=_folder,
+                   help='where to write results.json, model.json + model.safetensors and model.pkl, all at once when the run is complete; '
+                   'a previous run there is replaced whole (default: a new runs/<time>-<random>)')
 
 # %% ../nbs/12_cli.ipynb #c2c40806
 _TRUST_HELP = 'MODEL may be a model.pkl: unpickling runs any code it holds, so only for files you trust'

@@ -173,7 +173,7 @@ def check_weights(arch:str, pretrained:bool=True):
                        "use --arch efficientnet_lite0 (weights shipped offline) or --no-pretrained")
 
 # %% ../nbs/14_recipes.ipynb #f92d9b29
-from .model_files import run_folder, check_writable, save_model, load_model
+from .model_files import run_folder, is_run_folder, save_model, load_model
 from .safety import atomic_path, atomic_write
 
 # %% ../nbs/14_recipes.ipynb #c1982a4b
@@ -241,12 +241,12 @@ def _report(res:dict, times:list, n_valid:int):
     else: print(f"time: {sum(times)/max(len(times), 1):.1f} s per epoch ({len(times)} epochs), {res['seconds']:.0f} s in all")
 
 def _save_run(learn, res:dict, out:Path):
-    "Save the model (safetensors + JSON, and fastai's pickle) and then the results, each file all or nothing."
+    "Save the model (safetensors + JSON, and fastai's pickle) and the results: all of them or none, a previous run in `out` replaced whole."
     learn.remove_cbs(learn.cbs.filter(lambda c: isinstance(c, (EpochTimer, CPUAutocast, BnFreeze))))
-    head = NCM_HEAD if res['recipe']=='ncm' else None
-    save_model(learn, out, res['arch'], head=head, profile=res['profile'], error_rate=res['error_rate'])
-    with atomic_path(out/'model.pkl') as tmp: learn.export(tmp.absolute())
-    atomic_write(out/'results.json', json.dumps(res, indent=2))
+    with atomic_path(out, folder=True, replaces=is_run_folder) as run:   # beside `out`, renamed onto it when complete
+        save_model(learn, run, res['arch'], head=NCM_HEAD if res['recipe']=='ncm' else None, profile=res['profile'], error_rate=res['error_rate'])
+        with atomic_path(run/'model.pkl') as tmp: learn.export(tmp.absolute())
+        atomic_write(run/'results.json', json.dumps(res, indent=2))
     print(f"wrote {printable(out/'results.json')}, {printable(out/'model.json')} (+ model.safetensors) and {printable(out/'model.pkl')}")
 
 # %% ../nbs/14_recipes.ipynb #fd8a3f85
@@ -270,7 +270,7 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
     out = run_folder(out) if rank==0 else None
     path, files, split, dls, bs = _train_data(p, split, seed, workers, rank, world)
     learn = _train_learner(p, dls, pretrained, fp16)
-    if rank==0: check_writable(out, need_bytes=8*sum(o.numel() for o in learn.model.parameters())+2**20)  # two copies
+    if rank==0: run_folder(out, need_bytes=8*sum(o.numel() for o in learn.model.parameters())+2**20)  # two copies, checked again
     if rank==0: print(_describe_run(p, path, files, dls, split, bs, world, fp16))
     if p.recipe=='ncm':
         lr, (preds, targs) = None, fit_ncm(learn, files, seed=seed)

@@ -6,7 +6,7 @@
 __all__ = ['PetbreedsError', 'DataError', 'printable', 'shown', 'atomic_path', 'atomic_write', 'private_dir']
 
 # %% ../nbs/22_safety.ipynb #d908ca33
-import os, re, sys, stat, shutil, tempfile, contextlib
+import os, re, sys, stat, ctypes, shutil, tempfile, contextlib
 from pathlib import Path
 
 # %% ../nbs/22_safety.ipynb #351208d4
@@ -55,10 +55,31 @@ def _in_place(path)->bool:
     except OSError: return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
+# %% ../nbs/22_safety.ipynb #4973ce74
+def _exchange(a, b)->bool:
+    "Swap the names `a` and `b` in one step (Linux's `renameat2` with `RENAME_EXCHANGE`); False where the system cannot."
+    try: f = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError): return False   # not Linux, or a C library without it
+    return f(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0   # AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE
+
+def _put(tmp:Path, real:Path, replaces=None):
+    """Rename `tmp` onto `real`. A folder `real` with files only if `replaces(real)`: the two swap names (the old one is
+    then at `tmp`, for the caller to remove), or where they cannot, the old one steps aside for an instant as `….old`."""
+    if replaces is None or not real.is_dir() or not any(real.iterdir()): return os.replace(tmp, real)
+    if not replaces(real): raise PetbreedsError(f"{printable(real)!r} holds files this program did not write: left as it is")
+    if _exchange(tmp, real): return   # the old folder or the new one is there at every moment
+    old = tmp.with_suffix('.old')
+    os.replace(real, old)
+    try: os.replace(tmp, real)
+    finally:
+        if not real.exists(): os.replace(old, real)   # the new one could not go in: the old one back
+    os.replace(old, tmp)
+
 # %% ../nbs/22_safety.ipynb #7810b715
 @contextlib.contextmanager
 def atomic_path(path, # the file (or folder) to write
-                folder:bool=False, # a folder: replaces only a missing or empty one
+                folder:bool=False, # a folder: replaces a missing or empty one (or, whole, one that `replaces` accepts)
+                replaces=None, # for a folder: `replaces(path)` is true if a folder with files there may be replaced
                ):
     """A temporary name beside `path` (beside its target, for a symbolic link, which stays) to write to; on success synced and
     renamed onto it, on any error removed. A device, a FIFO, `/dev/stdout` or `/proc/self/fd/N` is written in place."""
@@ -75,7 +96,7 @@ def atomic_path(path, # the file (or folder) to write
         yield tmp
         if not folder:
             with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-        os.replace(tmp, real)
+        _put(tmp, real, replaces if folder else None)
         _fsync_dir(real.parent)
     finally:
         if folder: shutil.rmtree(tmp, ignore_errors=True)
