@@ -53,7 +53,7 @@ def _chapter_calls():
     for nb in sorted((ROOT/'nbs').glob('0[4-7]_*.ipynb')):
         for c in json.loads(nb.read_text())['cells']:
             src = ''.join(c['source'])
-            if c['cell_type']!='code' or re.search(r'^#\|\s*export', src, re.M) or src.lstrip().startswith(('%', '!')): continue
+            if c['cell_type']!='code' or re.search(r'^#\|\s*export', src, re.M) or any(l.lstrip().startswith(('%', '!')) for l in src.splitlines()): continue
             calls += _plain(chapter_calls(src))
     return calls
 
