@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_cli.ipynb #9ef1c624
 from __future__ import annotations
-import argparse, contextlib, json, math, os, signal, sys
+import argparse, contextlib, json, math, os, signal, sys, threading
 from pathlib import Path
 from .safety import printable, PetbreedsError
 
@@ -234,10 +234,14 @@ def _exit_code(e:Exception)->int:
     "2 for the user's mistakes (an option, a file, a value: a `PetbreedsError`), 1 for the machine's (disk, memory, device) and for bugs."
     return 2 if isinstance(e, PetbreedsError) else 1
 
+def _stop_now():
+    print("petbreeds: interrupted", file=sys.stderr, flush=True); os._exit(130)
+
 def _on_sigint(signum, frame):
-    "Ctrl-C: `KeyboardInterrupt` the first time; if that was swallowed (or on a second one), stop the process now."
-    if getattr(_on_sigint, 'fired', False): print("petbreeds: interrupted", file=sys.stderr, flush=True); os._exit(130)
+    "Ctrl-C: `KeyboardInterrupt`, and a stop 5 s later should something swallow it (a DataLoader worker starting); at once the second time."
+    if getattr(_on_sigint, 'fired', False): _stop_now()
     _on_sigint.fired = True
+    threading.Timer(5, _stop_now).start()   # a daemon thread: it never holds a finished process back
     raise KeyboardInterrupt
 
 def main(argv:list|None=None)->int:

@@ -51,7 +51,7 @@ def test_train_distributed_gloo(trained, tmp_path):
     r = run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
              '-m', 'petbreeds.cli', 'train', *TINY, '--out', str(out)], timeout=900)
     assert r.returncode==0, r.out[-4000:]
-    assert '2 processes' in r.stdout and '(16 per process)' in r.stdout
+    assert '2 processes' in r.stdout and '(8 per process)' in r.stdout
     assert r.stdout.count('wrote ') == 1                      # only rank 0 writes
     assert r.stdout.count('offline: asked for') == 1          # and announces the profile
     err0 = _error_rate(r.stdout)
