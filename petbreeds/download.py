@@ -6,15 +6,15 @@
 __all__ = ['DownloadError', 'UnsafeArchive', 'check_member', 'safe_extract', 'known_checks', 'download_file', 'get_dataset']
 
 # %% ../nbs/17_downloads.ipynb #0c7d13a4
-import os, re, gzip, http, lzma, zlib, copy, shutil, tarfile, contextlib, urllib.parse
+import os, re, gzip, http, lzma, time, zlib, copy, shutil, tarfile, contextlib, urllib.parse
 from pathlib import Path
-import requests
+import requests, urllib3
 from fastcore.basics import remove_suffix
 from fastprogress.fastprogress import progress_bar
 from fastdownload import read_checks, checks_module, path_stats
 import fastai.data
 from fastai.data.external import fastai_path
-from .safety import PetbreedsError, atomic_path
+from .safety import PetbreedsError, atomic_path, printable
 try: import fcntl
 except ImportError: fcntl = None
 
@@ -23,7 +23,7 @@ class DownloadError(PetbreedsError):
     "A download or an archive that cannot be used, in one line naming the URL or file."
 
 class UnsafeArchive(DownloadError):
-    "A tar archive with a member the `data` filter refuses."
+    "A tar archive with a member the `data` filter refuses, or one that would extract to too many bytes."
 
 # %% ../nbs/17_downloads.ipynb #24f41a50
 _WHY = dict(AbsolutePathError='has an absolute name', OutsideDestinationError='would be written outside the folder',
@@ -73,11 +73,23 @@ def _plain_name(name:str, what:str)->str:
 
 def _in_the_way(target:Path)->bool: return os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir()))
 
+def _members(tar:tarfile.TarFile, archive:Path, max_member:int, max_total:int)->list:
+    "`tar`'s members, one header at a time: `UnsafeArchive` as soon as one, or all so far, would extract to too many bytes."
+    members, total = [], 0
+    while (m := tar.next()) is not None:   # a member's contents are read (skipped) only when the next header is
+        members.append(m); total += m.size
+        if m.size > max_member:
+            raise UnsafeArchive(f"{archive.name}: {m.name!r} would extract to {m.size:,} bytes, more than the {max_member:,} allowed for a file")
+        if total > max_total: raise UnsafeArchive(f"{archive.name} would extract to more than the {max_total:,} bytes allowed")
+    return members
+
 def safe_extract(archive, # a tar archive (any compression tarfile reads)
                  dest, # the folder to extract into
                  data_filter=None, # default: `tarfile.data_filter` where it exists
+                 max_member:int=2**30, # the most bytes one file may extract to
+                 max_total:int=8*2**30, # the most bytes all of them may (Oxford-IIIT Pet: about 0.8 GB)
                 )->Path:
-    "Extract `archive` into a new `dest/<its name>` under the `data` filter's rules, all or nothing; `DownloadError` if it can't."
+    "Extract `archive` into a new `dest/<its name>` under the `data` filter's rules and size caps, all or nothing; else `DownloadError`."
     archive, dest = Path(archive), Path(dest)
     target = dest/_plain_name(remove_suffix(archive.stem, '.tar'), f"{archive.name}: the folder to extract into,")
     if _in_the_way(target): raise DownloadError(f"{target} is already there: safe_extract replaces nothing")
@@ -85,7 +97,7 @@ def safe_extract(archive, # a tar archive (any compression tarfile reads)
     try:
         # the rename at the end fails, replacing nothing, if a folder with files appeared there meanwhile
         with atomic_path(target, folder=True) as tmp, tarfile.open(archive) as tar:
-            members = tar.getmembers()
+            members = _members(tar, archive, max_member, max_total)
             for m in members: check_member(m, tmp, data_filter)
             # checked again one by one: an earlier member may be a link that a later name goes through
             kw = dict(filter='fully_trusted') if hasattr(tarfile, 'data_filter') else {}   # already filtered
@@ -112,7 +124,7 @@ def known_checks(url:str)->tuple|None:
 # %% ../nbs/17_downloads.ipynb #ac448b54
 def _why(e:Exception, connect:float, read:float)->str:
     if isinstance(e, requests.ConnectTimeout): return f"no connection within {connect:g} s"
-    if isinstance(e, requests.ReadTimeout) or 'timed out' in str(e): return f"the server sent nothing for {read:g} s"
+    if isinstance(e, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError)) or 'timed out' in str(e): return f"the server sent nothing for {read:g} s"
     m = re.search(r'\[Errno -?\d+\] ([^\'")]+)', str(e))
     return f"{type(e).__name__}: {m.group(1).strip() if m else str(e)[:100]}"
 
@@ -120,38 +132,64 @@ def _status(r)->str:
     try: return f"{r.status_code} {http.HTTPStatus(r.status_code).phrase}"   # the standard words, whatever the server says
     except ValueError: return f"{r.status_code} {str(r.reason)[:60]}"
 
-def _save(r, part:Path, total:int|None, show_progress:bool)->int:
+def _length(url:str, r, max_bytes:int)->int|None:
+    "The size the server announces (`Content-Length`), if any; `DownloadError` if it is not a number of bytes, or more than `max_bytes`."
+    v = r.headers.get('Content-Length')
+    if v is None: return None
+    if not re.fullmatch(r'\s*\d{1,19}\s*', v): raise DownloadError(f"{url}: the server's Content-Length {v[:40]!r} is not a number of bytes")
+    if (n := int(v)) > max_bytes: raise DownloadError(f"{url}: the server offers {n:,} bytes, more than the {max_bytes:,} allowed (max_bytes)")
+    return n or None
+
+def _chunks(r, n:int=1<<16):
+    "`r`'s body as it comes: each piece as soon as the socket has some (urllib3 2's `read1`), else requests' chunks of `n` bytes."
+    read1 = getattr(r.raw, 'read1', None)
+    if read1 is None: yield from r.iter_content(n); return
+    while (b := read1(n, decode_content=True)): yield b
+
+def _guard(url:str, deadline:float, max_bytes:int):
+    "A check for each piece that arrives: `DownloadError` once more than `max_bytes` came, or `deadline` seconds have passed."
+    end = time.monotonic() + deadline
+    def check(got:int):
+        if got > max_bytes: raise DownloadError(f"{url}: more than the {max_bytes:,} bytes allowed (max_bytes)")
+        if time.monotonic() > end: raise DownloadError(f"{url}: not done within the deadline of {deadline:g} s ({got:,} bytes in)")
+    return check
+
+def _save(r, part:Path, total:int|None, show_progress:bool, check)->int:
     pb, got = (progress_bar([], total=total) if show_progress and total else None), 0
     if pb: pb.update(0)
     with open(part, 'wb') as f:
-        for chunk in r.iter_content(1<<16):
-            f.write(chunk); got += len(chunk)
+        for chunk in _chunks(r):
+            f.write(chunk); got += len(chunk); check(got)
             if pb: pb.update(min(got, total))
         f.flush(); os.fsync(f.fileno())
     return got
 
+# %% ../nbs/17_downloads.ipynb #823b3713
 def download_file(url:str, # http(s) URL
                   dest, # the file to write
                   checks:tuple|None=None, # `(size, md5 of the first MiB)`, as in fastai's records
                   connect_timeout:float=10, # seconds to open the connection
                   read_timeout:float=30, # seconds to wait for each next bytes
                   show_progress:bool=True, # a fastprogress bar, when the size is known
+                  deadline:float=2*3600, # seconds for the whole download, however steadily bytes come
+                  max_bytes:int=4*2**30, # the most bytes to accept (Oxford-IIIT Pet: 0.8 GB)
                  )->Path:
-    "Download `url` to `dest` through a temporary file beside it: timeouts, progress bar, size/MD5 `checks`; one-line `DownloadError`."
-    dest = Path(dest)
+    "Download `url` to `dest` through a temporary file beside it: timeouts, a deadline, a size cap, `checks`; one-line `DownloadError`."
+    dest, check = Path(dest), _guard(url, deadline, max_bytes)
+    connect, read = min(connect_timeout, deadline), min(read_timeout, deadline)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(dest) as part, requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as r:
+        with atomic_path(dest) as part, requests.get(url, stream=True, timeout=(connect, read)) as r:
             if r.status_code!=200: raise DownloadError(f"{url}: {_status(r)}")
-            total = int(r.headers.get('Content-Length') or 0) or None
+            total = _length(url, r, max_bytes)
             if checks and total and total!=checks[0]:
                 raise DownloadError(f"{url}: the server offers {total:,} bytes, fastai's record says {checks[0]:,}")
-            got = _save(r, part, total, show_progress)
+            got = _save(r, part, total, show_progress, check)
             if total and got!=total: raise DownloadError(f"{url}: the connection closed after {got:,} of {total:,} bytes")
             if checks and path_stats(part)!=tuple(checks):
                 raise DownloadError(f"{url}: size or checksum differs from fastai's record: a corrupt or changed file")
         return dest
-    except requests.RequestException as e: raise DownloadError(f"{url}: {_why(e, connect_timeout, read_timeout)}") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as e: raise DownloadError(f"{url}: {_why(e, connect, read)}") from None
 
 # %% ../nbs/17_downloads.ipynb #dc71db9b
 @contextlib.contextmanager
@@ -187,7 +225,7 @@ def get_dataset(url:str, # the archive's URL
                 data=None, # where to extract; default: fastai's data folder
                 archive=None, # where to keep the archive; default: fastai's archive folder
                 must_have:str='images', # a folder the extraction must contain
-                **kwargs, # to `download_file` (timeouts, `show_progress`)
+                **kwargs, # to `download_file` (timeouts, `deadline`, `max_bytes`, `show_progress`)
                )->Path:
     "`untar_data` made careful: download once, extract safely, remove a bad archive or its own bad extraction; the extracted folder."
     data, archive = Path(data or fastai_path('data')), Path(archive or fastai_path('archive'))
@@ -199,7 +237,9 @@ def get_dataset(url:str, # the archive's URL
         if arch.is_dir(): raise DownloadError(f"{arch} is a folder, not the archive: move it away and try again")
         checks = known_checks(url)
         if arch.exists() and checks and path_stats(arch)!=checks: arch.unlink()
-        if not arch.exists(): download_file(url, arch, checks=checks, **kwargs)
+        if not arch.exists():
+            if not checks: print(f"{printable(url)}: unverified: fastai has no size or checksum on record for it (checked for safety only)")
+            download_file(url, arch, checks=checks, **kwargs)
         try:
             res = safe_extract(arch, data)
             _note(arch).write_text(_id(res))
