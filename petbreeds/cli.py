@@ -237,9 +237,12 @@ def _exit_code(e:Exception)->int:
 def _stop_now():
     print("petbreeds: interrupted", file=sys.stderr, flush=True); os._exit(130)
 
+_SWALLOWS = {'logging', 'threading'}   # modules whose fork hooks print and ignore a KeyboardInterrupt
+
 def _on_sigint(signum, frame):
     "Ctrl-C: `KeyboardInterrupt`, and a stop 5 s later should something swallow it (a DataLoader worker starting); at once the second time."
     if getattr(_on_sigint, 'fired', False): _stop_now()
+    if frame is not None and frame.f_globals.get('__name__') in _SWALLOWS: _stop_now()   # Python would ignore it there
     _on_sigint.fired = True
     threading.Timer(5, _stop_now).start()   # a daemon thread: it never holds a finished process back
     raise KeyboardInterrupt
