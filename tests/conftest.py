@@ -206,3 +206,18 @@ def pytest_terminal_summary(terminalreporter, config):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps({**old, **{k: round(v, 1) for k,v in _durations.items()}}, indent=1, sort_keys=True))
     except (OSError, ValueError): pass
+
+def tiny_learner(root:Path, per_breed:int, splitter):
+    "A two-breed resnet18 (no pretrained weights) on `per_breed` small images of each breed drawn into `root/src`: (learner, src)."
+    import numpy as np
+    from PIL import Image
+    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, Resize, aug_transforms, using_attr, RegexLabeller, get_image_files
+    from petbreeds.backbone import pets_learner
+    from petbreeds.data import PetImage, PETS_PAT
+    src = root/'src'; src.mkdir()
+    rng = np.random.default_rng(0)
+    for b,c in (('Birman', 40), ('pug', 200)):
+        for i in range(per_breed): Image.fromarray((rng.random((40, 50, 3))*60+c).astype(np.uint8)).save(src/f'{b}_{i}.jpg')
+    block = DataBlock(blocks=(ImageBlock(PetImage), CategoryBlock), get_items=get_image_files, splitter=splitter,
+                      get_y=using_attr(RegexLabeller(PETS_PAT), 'name'), item_tfms=Resize(40), batch_tfms=aug_transforms(size=32))
+    return pets_learner(block.dataloaders(src, bs=2, device='cpu'), 'resnet18', pretrained=False), src

@@ -5,7 +5,7 @@ import errno, json, multiprocessing, os, shutil, subprocess, sys, tempfile, warn
 from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
-from conftest import offline_env, run, ROOT
+from conftest import offline_env, run, ROOT, tiny_learner
 
 from petbreeds.model_files import (run_folder, check_writable, atomic_write, atomic_path, save_model, load_model,
                                    load_model_files, ModelFileError)
@@ -73,15 +73,9 @@ def test_interrupted_write_leaves_old_file(tmp_path):
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     "A two-breed resnet18 (no pretrained weights), saved both ways."
-    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, aug_transforms, using_attr, RegexLabeller, get_image_files
-    from petbreeds.backbone import pets_learner
-    root = tmp_path_factory.mktemp('tiny'); src = root/'src'; src.mkdir()
-    rng = np.random.default_rng(0)
-    for b,c in (('Birman', 40), ('pug', 200)):
-        for i in range(4): Image.fromarray((rng.random((40, 50, 3))*60+c).astype(np.uint8)).save(src/f'{b}_{i}.jpg')
-    block = DataBlock(blocks=(ImageBlock(PetImage), CategoryBlock), get_items=get_image_files, splitter=RandomSplitter(0.5, seed=0),
-                      get_y=using_attr(RegexLabeller(PETS_PAT), 'name'), item_tfms=Resize(40), batch_tfms=aug_transforms(size=32))
-    learn = pets_learner(block.dataloaders(src, bs=2, device='cpu'), 'resnet18', pretrained=False)
+    from fastai.vision.all import RandomSplitter
+    root = tmp_path_factory.mktemp('tiny')
+    learn, src = tiny_learner(root, 4, RandomSplitter(0.5, seed=0))
     out = root/'run'; out.mkdir()
     save_model(learn, out, 'resnet18'); learn.export(out/'model.pkl')
     return dict(src=src, out=out, root=root)

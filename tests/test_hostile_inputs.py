@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np, pytest
 from PIL import Image
 from hypothesis import given, settings, HealthCheck, strategies as st
+from conftest import tiny_learner
 
 import petbreeds.model_files as mf
 from petbreeds.model_files import save_model, load_model_files, ModelFileError
@@ -15,16 +16,9 @@ from petbreeds.download import download_file, safe_extract, get_dataset, Downloa
 @pytest.fixture(scope='module')
 def model(tmp_path_factory):
     "A two-breed resnet18 (no pretrained weights) saved by `save_model`, and a folder of images of its breeds."
-    from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, FuncSplitter, Resize, aug_transforms, using_attr, RegexLabeller, get_image_files
-    from petbreeds.backbone import pets_learner
-    from petbreeds.data import PetImage, PETS_PAT
-    root = tmp_path_factory.mktemp('model'); src = root/'src'; src.mkdir()
-    rng = np.random.default_rng(0)
-    for b,c in (('Birman', 40), ('pug', 200)):
-        for i in range(3): Image.fromarray((rng.random((40, 50, 3))*60+c).astype(np.uint8)).save(src/f'{b}_{i}.jpg')
-    block = DataBlock(blocks=(ImageBlock(PetImage), CategoryBlock), get_items=get_image_files, splitter=FuncSplitter(lambda o: o.name.endswith('_0.jpg')),
-                      get_y=using_attr(RegexLabeller(PETS_PAT), 'name'), item_tfms=Resize(40), batch_tfms=aug_transforms(size=32))
-    learn = pets_learner(block.dataloaders(src, bs=2, device='cpu'), 'resnet18', pretrained=False)
+    from fastai.vision.all import FuncSplitter
+    root = tmp_path_factory.mktemp('model')
+    learn, src = tiny_learner(root, 3, FuncSplitter(lambda o: o.name.endswith('_0.jpg')))
     out = root/'run'; out.mkdir()
     save_model(learn, out, 'resnet18')
     meta = json.loads((out/'model.json').read_text())
