@@ -235,14 +235,14 @@ def _answer_error(key, v, questions:dict)->str|None:
     return _item_error(v)
 
 # %% ../nbs/19_quiz_store.ipynb #cbb30538
-def answers_in(src)->dict:
-    "The answers in file `src` (written by `export`, or an old progress file), checked whole; `StoreError` (one line) if any is not an answer."
-    from petbreeds.quiz import QUESTIONS
+def answers_in(src, # a JSON file written by `export` (or an old progress file)
+               questions)->dict: # the quiz's questions (`petbreeds.quiz.QUESTIONS`): what an answer may be
+    "The answers in file `src`, checked whole against `questions`; `StoreError` (one line) if any is not an answer."
     try:
         d = _read_json(src)
         if not isinstance(d, dict) or not isinstance(d.get('answers'), dict) or d.get('format', _FORMAT) not in _FORMATS:
             raise ValueError('it holds no quiz answers')
-        out, qs = {}, {q.qid: q for q in QUESTIONS}
+        out, qs = {}, {q.qid: q for q in questions}
         for k,v in d['answers'].items():
             if isinstance(v, dict) and isinstance(k, str) and '.' not in k and 'text' in v: v = v['text']   # the old progress file's entries
             if why := _answer_error(k, v, qs): raise ValueError(f'its answer {printable(k)[:40]!r} {why}')
@@ -254,8 +254,8 @@ def answers_in(src)->dict:
 def _unmarked(v): return {k: o for k,o in v.items() if k != 'imported'} if isinstance(v, dict) else v
 
 @patch_to(Store)
-def import_answers(self, src)->int:
-    "Add the answers in a JSON file written by `export` (or an old progress file), all or none, each as a new revision; how many changed."
-    new = {k: v for k,v in answers_in(src).items() if _unmarked(v) != _unmarked(self.get(k))}
+def import_answers(self, src, questions)->int:
+    "Add the answers in a JSON file written by `export` (or an old progress file) that answer `questions`, all or none, each as a new revision; how many changed."
+    new = {k: v for k,v in answers_in(src, questions).items() if _unmarked(v) != _unmarked(self.get(k))}
     self.put_all(new, force=True)
     return len(new)

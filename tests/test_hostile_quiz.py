@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from petbreeds.quiz import QUESTIONS
 from petbreeds.quiz_store import Store, StoreError
 from petbreeds.safety import PetbreedsError
 
@@ -148,7 +149,7 @@ def test_a_bad_answer_refuses_the_whole_file(store, tmp_path, case):
     "Each kind of answer the quiz never saves: the file is refused in one line naming it, and none of its answers is written."
     before = dict(store.values)
     src = answers(tmp_path, {'q16': 'a tenth of the minimum', **BAD[case], 'q17': 'the steepest point'})
-    with pytest.raises(StoreError) as e: store.import_answers(src)
+    with pytest.raises(StoreError) as e: store.import_answers(src, QUESTIONS)
     msg = str(e.value)
     assert isinstance(e.value, PetbreedsError) and len(msg.splitlines()) == 1 and str(src) in msg, msg
     assert store.values == before and Store(store.path).values == before
@@ -167,7 +168,7 @@ def test_a_file_that_is_not_answers(store, tmp_path, case):
     src = tmp_path/'odd.json'
     src.write_text(text)
     before = dict(store.values)
-    with pytest.raises(StoreError, match=re.escape(why)) as e: store.import_answers(src)
+    with pytest.raises(StoreError, match=re.escape(why)) as e: store.import_answers(src, QUESTIONS)
     assert len(str(e.value).splitlines()) == 1 and str(src) in str(e.value)
     assert store.values == before
 
@@ -176,7 +177,7 @@ def test_a_good_file_is_imported_whole(store, tmp_path):
     "Answers the quiz saves (and the old progress file's entries) come in together; checked items marked as imported."
     src = answers(tmp_path, {'q16': 'a tenth of the minimum', 'q15.self': [0], 'q5.1': {'response': "p.with_suffix('.png').name", 'passed': True},
                              'q15.1': {'response': None, 'passed': False}, 'q7': {'text': 'show_batch', 't': 1e300}})
-    assert store.import_answers(src) == 5
+    assert store.import_answers(src, QUESTIONS) == 5
     again = Store(store.path)
     assert again.get('q5.1') == {'response': "p.with_suffix('.png').name", 'passed': True, 'imported': True}
     assert (again.get('q16'), again.get('q15.self'), again.get('q7')) == ('a tenth of the minimum', [0], 'show_batch')
@@ -188,7 +189,7 @@ def test_imported_code_runs_only_once_confirmed(store, tmp_path):
     from petbreeds.quiz_widgets import quiz_widget
     ran = tmp_path/'ran'
     src = answers(tmp_path, {'q5.1': {'response': f'Path({str(ran)!r}).touch() or p.stem  # \u202egnp.', 'passed': True}})
-    store.import_answers(src)
+    store.import_answers(src, QUESTIONS)
     row = quiz_widget([5], store).views['q5'].rows[0]
     assert row.input.value.startswith('Path(') and 'imported' in row.feedback.value.lower()
     row.check.click()
@@ -199,7 +200,7 @@ def test_imported_code_runs_only_once_confirmed(store, tmp_path):
     assert ran.exists() and row.confirm.layout.display == 'none'
     assert store.get('q5.1') == {'response': row.input.value, 'passed': False}   # checked here: the learner's now
     ran.unlink()
-    store.import_answers(src)
+    store.import_answers(src, QUESTIONS)
     row = quiz_widget([5], store).views['q5'].rows[0]
     row.input.value = "p.with_suffix('.png').name"
     row.check.click()
