@@ -8,7 +8,7 @@ import json, math, os, re, sqlite3, sys, time, uuid
 from contextlib import closing
 from pathlib import Path
 from fastcore.basics import patch_to
-from .safety import printable, PetbreedsError   # names printed safely; the root of the user's mistakes
+from .safety import printable, atomic_write, PetbreedsError   # names printed safely, whole files; the root of the user's mistakes
 
 # %% auto #0
 __all__ = ['PROGRESS_VAR', 'MAX_IMPORT_BYTES', 'MAX_TEXT', 'store_paths', 'Conflict', 'StoreError', 'Store', 'answers_in']
@@ -197,10 +197,9 @@ _KEY = re.compile(r'([qr]\d{1,2})(?:\.(self|[1-9]\d?))?')
 @patch_to(Store)
 def export(self, dest)->Path:
     "Write the answers to `dest` as JSON, to import again (the quiz writes them as markdown: `answers_markdown`)."
-    dest = Path(dest)
     vals = {k: v for k,(v,_) in sorted(self.values.items())}
-    dest.write_text(json.dumps(dict(format=_FORMAT, version=1, answers=vals), indent=1, ensure_ascii=False), encoding='utf-8')
-    return dest
+    text = json.dumps(dict(format=_FORMAT, version=1, answers=vals), indent=1, ensure_ascii=False)
+    return atomic_write(Path(dest), text)   # whole or not at all
 
 # %% ../nbs/19_quiz_store.ipynb #04bff595
 def _finite(s:str)->float:

@@ -69,30 +69,17 @@ def make_splitter(split:tuple, seed:int=42):
     kind, v = split
     return PerBreedSplitter(v, seed) if kind=='per-breed' else RandomSplitter(valid_pct=v, seed=seed)
 
-# %% ../nbs/14_recipes.ipynb #8ecc56ae
-@patch
-@delegates(Learner.fit_one_cycle)
-def fine_tune_manual(self:Learner, epochs:int, # epochs with the whole network unfrozen (0: the head only)
-                     lr_max=slice(1e-6,1e-4), # discriminative rates of the unfrozen phase (the book's)
-                     freeze_epochs:int=1, # epochs training only the new head first
-                     base_lr:float=3e-3, # the frozen phase's rate
-                     **kwargs):
-    "The book's manual recipe: `freeze`, `fit_one_cycle`, `unfreeze`, then `fit_one_cycle` with discriminative rates."
-    self.freeze()
-    if freeze_epochs: self.fit_one_cycle(freeze_epochs, base_lr, **kwargs)
-    if epochs:
-        self.unfreeze()
-        self.fit_one_cycle(epochs, lr_max=lr_max, **kwargs)
-
 # %% ../nbs/14_recipes.ipynb #d618a3f8
 def fit_recipe(learn:Learner, p:Profile, # its `recipe`, `epochs` and `freeze_epochs`
                lr:float, # the recipe's base rate
-               lr_max=slice(1e-6,1e-4)): # the manual recipe's unfrozen rates
-    "Train `learn` with `p.recipe`: the book's `fine_tune`, or the manual freeze / unfreeze recipe."
+               lr_max=slice(1e-6,1e-4)): # the manual recipe's unfrozen rates (the book's)
+    "Train `learn` with `p.recipe`: the book's `fine_tune`, or the book's manual freeze / unfreeze calls."
     if p.recipe=='fine_tune': return learn.fine_tune(p.epochs, base_lr=lr, freeze_epochs=p.freeze_epochs)
-    if p.recipe=='manual':
-        return learn.fine_tune_manual(p.epochs, lr_max=lr_max, freeze_epochs=p.freeze_epochs, base_lr=lr)
-    raise ProfileError(f"Unknown recipe {p.recipe!r}: use fine_tune or manual (ncm trains no epochs: see `fit_ncm`)")
+    if p.recipe!='manual':
+        raise ProfileError(f"Unknown recipe {p.recipe!r}: use fine_tune or manual (ncm trains no epochs: see `fit_ncm`)")
+    learn.freeze()
+    if p.freeze_epochs: learn.fit_one_cycle(p.freeze_epochs, lr)
+    if p.epochs: learn.unfreeze(); learn.fit_one_cycle(p.epochs, lr_max=lr_max)
 
 # %% ../nbs/14_recipes.ipynb #55643d94
 def train_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto' (see `get_profile`)
