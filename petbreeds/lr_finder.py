@@ -121,9 +121,7 @@ class LRFinderCB(Callback):
         self.snap = dict(model={k: v.detach().clone() for k,v in m.state_dict().items()},
                          modes={mod: mod.training for mod in m.modules()},
                          grads={p: None if p.grad is None else p.grad.detach().clone() for p in m.parameters()},
-                         state={p: {k: v.detach().clone() if isinstance(v, Tensor) else deepcopy(v)
-                                    for k,v in s.items()} for p,s in o.state.items()},
-                         hypers=[dict(h) for h in o.hypers], rng=None if rng is None else rng.getstate())
+                         opt=deepcopy(o.state_dict()), rng=None if rng is None else rng.getstate())   # fastai's own record
         for p in m.parameters():
             if not p.requires_grad: p.grad = None       # a frozen parameter is never stepped
     def before_batch(self):
@@ -137,13 +135,12 @@ class LRFinderCB(Callback):
         if self.stop_div and (not math.isfinite(smooth) or smooth > 4*self.best): raise CancelFitException()
     def before_validate(self): raise CancelValidException()
     def restore(self, learn:Learner):
-        "Put `learn` back as `before_fit` found it, in place (after the fit, when the callback is detached)."
+        "Put `learn` back as `before_fit` found it, with the same model and optimizer (after the fit, when the callback is detached)."
         s, m, o = self.snap, learn.model, learn.opt
         m.load_state_dict(s['model'])
         for mod,t in s['modes'].items(): mod.training = t
         for p,g in s['grads'].items(): p.grad = g
-        o.state.clear(); o.state.update(s['state'])
-        for h,v in zip(o.hypers, s['hypers']): h.clear(); h.update(v)
+        o.load_state_dict(deepcopy(s['opt']))
         if s['rng'] is not None: learn.dls.train.rng.setstate(s['rng'])
 
 # %% ../nbs/05_lr_finder.ipynb #b37cc871
