@@ -11,6 +11,7 @@ from pathlib import Path
 from .profiles import get_profile   # first: it quiets torch's deprecation noise in fastai's import
 import numpy as np
 import torch
+import torch.utils.benchmark as benchmark
 import torch.nn.functional as F
 from PIL import Image
 import matplotlib.pyplot as plt
@@ -27,10 +28,11 @@ __all__ = ['bench_pipeline', 'bench_workers', 'bench_cross_entropy', 'bench_lr_f
            'run_bench', 'bench_markdown', 'save_bench']
 
 # %% ../nbs/16_bench.ipynb #5046e1c5
-def _timeit(f, n=1):
-    t0 = time.perf_counter()
-    for _ in range(n): f()
-    return (time.perf_counter()-t0)/n
+def _timeit(f)->float:   # wall-clock seconds of one call: a whole pass over a DataLoader, or one training step
+    # by hand, not `torch.utils.benchmark.Timer`: its warm-up would run the pass again, and `_median_times` interleaves
+    # the settings itself, so that a machine busy with something else slows them all alike
+    t0 = time.perf_counter(); f()
+    return time.perf_counter()-t0
 
 def _items_s(dl, bs:int)->float:
     "Items per second through one pass over the batches of `dl` (a fastai or a PyTorch `DataLoader`) of `bs` items."
@@ -65,19 +67,14 @@ def _worker_ratios(res:dict)->list:
     return [(o['workers'], o['items_s'], o['items_s']/w[0]['items_s']) for o in w[1:]]
 
 # %% ../nbs/16_bench.ipynb #19c07e24
-def _cpu_time(f, n=1):
-    t0 = time.process_time()
-    for _ in range(n): f()
-    return (time.process_time()-t0)/n
+def _cpu_time(f, n:int)->float:
+    "CPU seconds per call of `f` over `n` calls, on one thread: what the work costs, however busy the machine is."
+    t = benchmark.Timer('f()', globals=dict(f=f), timer=time.process_time, num_threads=1)
+    return t.timeit(n).mean   # after a warm-up
 
 def _ratio(f, g, n:int=10, blocks:int=20)->tuple:
     "Median over `blocks` of (CPU time of `n` calls of `f`)/(of `g`), alternately, on one thread; and the fastest per call of each."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # CPU time of one thread: what the work costs, however busy the machine is
-    try:
-        f(); g()
-        ts = [(_cpu_time(f, n), _cpu_time(g, n)) for _ in range(blocks)]
-    finally: torch.set_num_threads(threads)
+    ts = [(_cpu_time(f, n), _cpu_time(g, n)) for _ in range(blocks)]
     return float(np.median([a/b for a,b in ts])), min(a for a,_ in ts), min(b for _,b in ts)
 
 def bench_cross_entropy(n:int=4096, c:int=37, reps:int=50, blocks:int=21)->dict:

@@ -69,24 +69,14 @@ def presizing_views(img, # a file name, a PIL image or an HxWx3 uint8 array
 
 # %% ../nbs/02_presizing.ipynb #42311bc8
 from skimage.metrics import structural_similarity, peak_signal_noise_ratio
-import time
+import torch.utils.benchmark as benchmark
 
 def _np(t): return t[0, :3].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
-def _best_ms(f, n:int, cuda:bool, threads:int|None=1):
-    "Best time of `n` runs of `f` (after a warm-up), in ms; on the CPU with `threads` threads."
-    old = torch.get_num_threads()
-    if threads and not cuda: torch.set_num_threads(threads)
-    try:
-        f()  # warm-up
-        ts = []
-        for _ in range(n):
-            if cuda: torch.cuda.synchronize()
-            t0 = time.perf_counter(); f()
-            if cuda: torch.cuda.synchronize()
-            ts.append(time.perf_counter()-t0)
-    finally: torch.set_num_threads(old)
-    return 1000*min(ts)
+def _best_ms(f, n:int, threads:int|None=1)->float:
+    "Fastest of `n` runs of `f`, in ms, on `threads` CPU threads (`None`: all): torch's `Timer` warms up and syncs CUDA."
+    t = benchmark.Timer('f()', globals=dict(f=f), num_threads=threads or torch.get_num_threads())
+    return 1000*min(t.timeit(1).mean for _ in range(n))
 
 def compare_presizing(img, # a file name, a PIL image or an HxWx3 uint8 array
                       size:int=128, # final size
@@ -109,7 +99,6 @@ def compare_presizing(img, # a file name, a PIL image or an HxWx3 uint8 array
                     padded=(t[0, 3] < 0.5).float().mean().item())
     res = pd.DataFrame({k: score(t) for k,t in v.items()}).T
     device = torch.device(ifnone(device, default_device()))
-    cuda = device.type=='cuda'
     pil = _as_pil(img)
     aug = dict(rotate=rotate, zoom=zoom, warp=warp, pad_mode=pad_mode)
     one = setup_aug_tfms(fixed_augs(size, **aug))[0]
@@ -119,9 +108,9 @@ def compare_presizing(img, # a file name, a PIL image or an HxWx3 uint8 array
         x = xb
         for t in steps: x = t(x, split_idx=0)
         return x
-    res['batch_ms'] = [np.nan, _best_ms(lambda: one(xa, split_idx=0), n_timing, cuda, threads),
-                       _best_ms(trad, n_timing, cuda, threads)]
-    res['item_ms'] = [np.nan] + [_best_ms(lambda: Resize(s)(pil, split_idx=1), n_timing, False, threads)
+    res['batch_ms'] = [np.nan, _best_ms(lambda: one(xa, split_idx=0), n_timing, threads),
+                       _best_ms(trad, n_timing, threads)]
+    res['item_ms'] = [np.nan] + [_best_ms(lambda: Resize(s)(pil, split_idx=1), n_timing, threads)
                                  for s in (presize, size)]
     res.index.name = f'{size} px'
     return res

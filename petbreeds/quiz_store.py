@@ -254,7 +254,7 @@ def _unmarked(v): return {k: o for k,o in v.items() if k != 'imported'} if isins
 
 @patch_to(Store)
 def import_answers(self, src, questions)->int:
-    "Add the answers in a JSON file written by `export` (or an old progress file) that answer `questions`, all or none, each as a new revision; how many changed."
+    "Add the answers to `questions` in a JSON file from `export` (or an old progress file), all or none; how many changed."
     new = {k: v for k,v in answers_in(src, questions).items() if _unmarked(v) != _unmarked(self.get(k))}
     self.put_all(new, force=True)
     return len(new)
