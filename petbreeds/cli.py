@@ -150,6 +150,8 @@ def _other_commands(sub):
     b = sub.add_parser('bench', help='measured speed ratios (a couple of minutes offline)')
     b.add_argument('--profile', choices=PROFILE_NAMES, help=_PROFILE_HELP)
     b.add_argument('--out', metavar='FILE', help='write the results as JSON here')
+    b.add_argument('--data', metavar='DIR', type=_folder,
+                   help="a folder of labelled photos for the few-shot row (default: the profile's images, 4 per breed)")
     b.add_argument('--threads', type=_int_in(1, 'threads'), help="torch CPU threads (default: torch's)")
     b.add_argument('--arch', choices=ARCH_NAMES, action='append', dest='archs',
                    help="an architecture to measure training throughput for (repeatable; default: the profile's, "
@@ -224,7 +226,7 @@ def predict(args:argparse.Namespace)->int:
 def bench(args:argparse.Namespace)->int:
     "`petbreeds bench`: print a table of measured ratios (`petbreeds.bench.run_bench`) and write them as JSON."
     from petbreeds.bench import run_bench
-    run_bench(args.profile, args.out, args.threads, args.archs)
+    run_bench(args.profile, args.out, args.threads, args.archs, args.data)
     return 0
 
 # %% ../nbs/12_cli.ipynb #fcc3dafe

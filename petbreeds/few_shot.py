@@ -14,7 +14,8 @@ from .backbone import get_arch, LITE0_STATS
 # %% auto #0
 __all__ = ['FEW_SHOT_ARCHS', 'SHRINKAGE', 'SCALES', 'FEW_SHOT_FOLDS', 'LiteFeatures', 'BlockNorm', 'few_shot_model',
            'few_shot_learner', 'few_shot_features', 'class_mean_head', 'per_class_folds', 'cv_scores', 'calibrate',
-           'choose_strength', 'nested_cv', 'set_head', 'fit_few_shot', 'few_shot_curve', 'plot_curve']
+           'choose_strength', 'nested_cv', 'set_head', 'fit_few_shot', 'few_shot_curve', 'plot_curve',
+           'few_shot_markdown']
 
 # %% ../nbs/24_few_shot.ipynb #a26c436d
 FEW_SHOT_ARCHS = ('efficientnet_lite0', 'efficientnet_lite2')   # timm networks with their own ImageNet classifier
@@ -215,3 +216,26 @@ def plot_curve(curve:dict, # from `few_shot_curve` (keys may be strings, as read
     fig.tight_layout()
     if fname: fig.savefig(fname, dpi=100)
     return fig
+
+# %% ../nbs/24_few_shot.ipynb #2b965150
+import json
+from pathlib import Path
+
+def few_shot_markdown(res, # results.json of a few-shot run with a learning curve (a dict, or its path)
+                      curve_png:str='images/fewshot_curve.png')->str:
+    "The run's nested estimate, learning curve and fit time as a Markdown table, with its curve's picture."
+    if not isinstance(res, dict): res = json.loads(Path(res).read_text())
+    fs, c = res['few_shot'], res.get('curve', {})
+    ms = lambda v: f"{100*sum(v)/len(v):.1f} ± {100*float(torch.tensor(v).std()):.1f} %" if len(v) > 1 else f"{100*v[0]:.1f} %"
+    head = 'nearest class mean' if fs['strength'] is None else f"shrunk class means (strength {fs['strength']:g})"
+    rows = [(f"{n} per breed" + (' (strength fixed: the nearest class mean)' if n=='1' else ' (strength chosen inside)'),
+             f"{ms(v)} over {len(v)} deals") for n,v in sorted(c.items())]
+    lines = [f"`petbreeds train` on {res['n_images']} photos: {res['arch']} at {res['size']} px, pooled features"
+             f"{' and ImageNet probabilities' if fs['probs'] else ''}{', flipped too' if fs['flip'] else ''}; {head}", '',
+             '| measured | error rate | how |', '|---|---|---|',
+             f"| nested cross-validation, the photos all used | **{100*res['error_rate']:.1f} ± {100*res['error_sd']:.1f} %** | "
+             f"{fs['folds']} folds of one photo per breed, the strength chosen inside each; mean ± sd over {len(res['errors'])} fold assignments |"]
+    lines += [f"| learning curve: {a} | {b.split(' over ')[0]} | head from {a.split(' ')[0]} photo(s) per breed, tested on the others, {b.split(' over ')[1]} |" for a,b in rows]
+    lines += ['', f"Fit: {res['fit_seconds']:.1f} s (features {res['feature_seconds']:.1f} s at {res['images_s']:.1f} images/s, "
+              f"head and estimate {res['head_seconds']:.1f} s); the whole command {res['seconds']:.0f} s.", '', f"![the learning curve]({curve_png})"]
+    return '\n'.join(lines)
