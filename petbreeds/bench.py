@@ -164,6 +164,7 @@ def bench_few_shot(files, # labelled photos: a few-shot folder's, or the profile
     "Seconds to fit the few-shot model on `files`, and its feature throughput against a plain forward pass of the same backbone."
     block = pets_block(fp); block.get_items, block.splitter = None, lambda o: (list(range(len(o))), [])
     learn = few_shot_learner(block.dataloaders(files, bs=8, device='cpu'), fp.arch)
+    _forward_images_s(learn, files[:8 + len(files)%8])   # warm-up: the first pass sets up each layer's kernels, for both batch sizes
     before = _forward_images_s(learn, files)
     fit = fit_few_shot(learn, files, repeats=5)
     plain = (before + _forward_images_s(learn, files))/2

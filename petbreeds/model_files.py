@@ -170,7 +170,7 @@ def _head_ok(h, meta)->bool:
 _FEW_SHOT_KEYS = {'flip', 'probs', 'strength', 'folds'}   # what `fit_few_shot`'s model is: its features, and how its head was chosen
 
 def _few_shot_ok(v, meta)->bool:
-    "`None`, or the few-shot model's features (`flip`, `probs`: booleans) and head (`strength`: `None` or a positive number), on an EfficientNet-Lite, with no `head`."
+    "`None`, or the few-shot model's features (`flip`, `probs`: booleans) and head (`strength`: `None` or > 0), on a Lite, with no `head`."
     if v is None: return True
     if not isinstance(v, dict) or not set(v) <= _FEW_SHOT_KEYS or meta.get('arch') not in FEW_SHOT_ARCHS or meta.get('head') is not None: return False
     s, k = v.get('strength'), v.get('folds', 4)
@@ -192,7 +192,8 @@ _FIELDS = [   # (field, is its value right?, what it must be): what `save_model`
     ('sha256', lambda v, m: isinstance(v, str) and re.fullmatch(r'[0-9a-f]{64}', v) is not None, '64 lowercase hex digits'),
     ('n_bytes', lambda v, m: v is None or type(v) is int and v >= 0, 'a whole number of bytes'),
     ('head', _head_ok, 'head options this version can build'),
-    ('few_shot', _few_shot_ok, f"null, or flip and probs (true or false) and strength (null or a positive number), with arch {' or '.join(FEW_SHOT_ARCHS)} and no head"),
+    ('few_shot', _few_shot_ok, "null, or flip and probs (true or false) and strength (null or a positive number), "
+                               f"with arch {' or '.join(FEW_SHOT_ARCHS)} and no head"),
 ]
 
 def _check_meta(fn:Path, meta:dict)->dict:

@@ -198,7 +198,7 @@ def _report_few_shot(res:dict):
     print(f"time: {res['fit_seconds']:.1f} s to fit (the features of {n} images in {res['feature_seconds']:.1f} s, "
           f"{res['images_s']:.1f} images/s; the head and its estimate {res['head_seconds']:.1f} s), {res['seconds']:.0f} s in all")
 
-def _few_shot_results(learn, fit:dict, curve=None, seed:int=42)->dict:
+def _few_shot_results(learn, fit:dict, curve=None, seed:int=42, title:str='')->dict:
     "results.json's few-shot fields: the features and head, the nested estimate, the timings; the learning curve drawn to `curve` if given."
     body = learn.model[0]
     res = dict(few_shot=dict(flip=body.flip, probs=body.probs, strength=fit['strength'], folds=FEW_SHOT_FOLDS),
@@ -208,7 +208,8 @@ def _few_shot_results(learn, fit:dict, curve=None, seed:int=42)->dict:
     if curve:
         with one_thread(): c = few_shot_curve(fit['feats'], learn.model[1][0].sizes, fit['targs'], len(learn.dls.vocab), seed=seed)
         res['curve'] = {str(k): v for k,v in c.items()}
-        with atomic_path(Path(curve)) as tmp: plt.close(plot_curve(res['curve'], f"{len(fit['targs'])} photos, {res['few_shot']}", tmp))
+        title += ": mean ± sd over 10 random deals\n1 per breed: nearest class mean (fixed); 2, 3: strength chosen inside"
+        with atomic_path(Path(curve)) as tmp: plt.close(plot_curve(res['curve'], title, tmp))
     return res
 
 def _save_run(learn, res:dict, out:Path):
@@ -222,6 +223,13 @@ def _save_run(learn, res:dict, out:Path):
     print(f"wrote {printable(out/'results.json')}, {printable(out/'model.json')} (+ model.safetensors) and {printable(out/'model.pkl')}")
 
 # %% ../nbs/14_recipes.ipynb #fd8a3f85
+def _check_run(p:Profile, world:int, curve):
+    "A `ProfileError` for a run that cannot be: nothing to train, the ncm recipe on several processes, a curve of another recipe."
+    if p.recipe!='ncm' and p.epochs + p.freeze_epochs == 0:
+        raise ProfileError("epochs and freeze_epochs are both 0: nothing to train")
+    if p.recipe=='ncm' and world>1: raise ProfileError("the ncm recipe trains nothing to share out: run it in one process")
+    if curve and p.recipe!='ncm': raise ProfileError("--curve measures the few-shot (ncm) recipe's learning curve: drop it, or use --recipe ncm")
+
 def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
               out=None, # folder for results.json and model.pkl (see `run_folder`)
               pretrained:bool=True, # ImageNet weights (else random ones)
@@ -236,10 +244,7 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
              )->dict|None:
     "Train `p`'s recipe on `p`'s data (data-parallel under `torchrun`), report, and save; the results in process 0."
     start, rank, world = time.perf_counter(), rank_distrib(), max(num_distrib(), 1)
-    if p.recipe!='ncm' and p.epochs + p.freeze_epochs == 0:
-        raise ProfileError("epochs and freeze_epochs are both 0: nothing to train")
-    if p.recipe=='ncm' and world>1: raise ProfileError("the ncm recipe trains nothing to share out: run it in one process")
-    if curve and p.recipe!='ncm': raise ProfileError("--curve measures the few-shot (ncm) recipe's learning curve: drop it, or use --recipe ncm")
+    _check_run(p, world, curve)
     check_weights(p.arch, pretrained)
     out = run_folder(out) if rank==0 else None
     path, files, split, dls, bs = _train_data(p, split, seed, workers, rank, world)
@@ -267,7 +272,7 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
                    most_confused=most_confused_from_preds(preds, targs, dls.vocab)[:10],
                    seconds=round(time.perf_counter()-start, 1), seconds_per_epoch=[round(t, 2) for t in times],
                    processes=world, device=p.device, args=options or {})
-        if p.recipe=='ncm': res.update(_few_shot_results(learn, fit, curve, seed))
+        if p.recipe=='ncm': res.update(_few_shot_results(learn, fit, curve, seed, f"{p.arch}, {p.size} px, {len(files)} photos"))
         _report(res, times, len(targs))
         _save_run(learn, res, out)
     if world>1: teardown_distrib()
