@@ -83,7 +83,8 @@ def class_mean_head(X:Tensor, # normalised features (`BlockNorm`'s output), a ro
     M = sums / torch.bincount(y, minlength=c).clamp(min=1)[:, None].float()
     Z = (X - M[y]) / math.sqrt(n)                               # S = Zᵀ Z
     r = (strength * (Z*Z).sum() / d).clamp(min=1e-6)
-    W = M - torch.linalg.solve(Z @ Z.T + r*torch.eye(n), Z @ M.T).T @ Z   # r (S + rI)⁻¹ M, by the push-through identity
+    if n > d: W = r*torch.linalg.solve(Z.T @ Z + r*torch.eye(d), M.T).T   # r (S + rI)⁻¹ M: more photos than features
+    else: W = M - torch.linalg.solve(Z @ Z.T + r*torch.eye(n), Z @ M.T).T @ Z   # the same, by the push-through identity
     return W, -0.5*(W*M).sum(1)
 
 # %% ../nbs/24_few_shot.ipynb #295c9374
@@ -178,7 +179,7 @@ FEW_SHOT_FOLDS = 4   # folds of the few-shot recipe's cross-validation
 
 def fit_few_shot(learn:Learner, # from `few_shot_learner`
                  files, # the labelled photos: all of them are used
-                 k:int=FEW_SHOT_FOLDS, repeats:int=5, seed:int=42, # see `nested_cv`
+                 k:int=FEW_SHOT_FOLDS, repeats:int|None=None, seed:int=42, # see `nested_cv` (default: 5, or 1 beyond 1,000 photos)
                 )->dict:
     "Set `learn`'s head from `files` (one forward pass each); the features, the nested estimate, its held-out probabilities, the timings."
     t0 = time.perf_counter()
@@ -186,7 +187,7 @@ def fit_few_shot(learn:Learner, # from `few_shot_learner`
     t1 = time.perf_counter()
     sizes, c = learn.model[1][0].sizes, len(learn.dls.vocab)
     with one_thread():
-        res = nested_cv(feats, sizes, y, c, k, repeats, seed)
+        res = nested_cv(feats, sizes, y, c, k, repeats or (5 if len(y) <= 1000 else 1), seed)
         strength, scale, _ = choose_strength(feats, sizes, y, c, per_class_folds(y, k, seed))
         set_head(learn.model, feats, y, strength, scale)
     t2 = time.perf_counter()
@@ -250,5 +251,6 @@ def few_shot_markdown(res, # results.json of a few-shot run with a learning curv
     lines += [f"| learning curve: {a} | {b.split(' over ')[0]} | head from {a.split(' ')[0]} photo(s) per breed, tested on the others, "
               f"{b.split(' over ')[1]} |" for a,b in rows]
     lines += ['', f"Fit: {res['fit_seconds']:.1f} s (features {res['feature_seconds']:.1f} s at {res['images_s']:.1f} images/s, "
-              f"head and estimate {res['head_seconds']:.1f} s); the whole command {res['seconds']:.0f} s.", '', f"![the learning curve]({curve_png})"]
+              f"head and estimate {res['head_seconds']:.1f} s); the whole run {res['seconds']:.0f} s (network built, model saved; "
+              "Python's start and imports not counted).", '', f"![the learning curve]({curve_png})"]
     return '\n'.join(lines)
