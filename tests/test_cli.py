@@ -154,6 +154,8 @@ def test_bench_prints_all_four_ratios(tmp_path):
     assert ok(res['pipeline']['ratio_to_two']) and 'crop folded in / two resamplings' in r.stdout   # offline folds the crop
     assert res['cross_entropy']['max_diff'] < 1e-5 and res['cross_entropy']['max_grad_diff'] < 1e-5
     assert {(o['arch'], o['precision']) for o in res['throughput']} >= {('efficientnet_lite0', 'float32'), ('efficientnet_lite0', 'bfloat16')}
+    f = res['few_shot']   # the few-shot row: fit time, feature images/s against a plain forward pass of the same backbone
+    assert 'few-shot fit (features / plain forward pass)' in r.stdout and ok(f['ratio']) and f['fit_s'] > f['head_s'] > 0 and f['n_images'] == 148
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f'no real photo sample at {SAMPLE}')
 @pytest.mark.slow   # trains on the real photos at 288 px
