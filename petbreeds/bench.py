@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 import matplotlib.pyplot as plt
 from fastai.vision.all import DataLoaders, create_vision_model, set_seed
-from .presizing import pets_dls
+from .presizing import pets_dls, pets_block
+from .data import get_pet_files, pets_path
+from .few_shot import few_shot_learner, fit_few_shot
 from .backbone import ARCHS, pets_learner, fast_depthwise
 from .losses import cross_entropy
 from .lr_finder import lr_find_compare
@@ -24,8 +26,8 @@ from .safety import atomic_write, atomic_path, _in_place
 from .safety import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
-__all__ = ['bench_pipeline', 'bench_workers', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'plot_bench',
-           'run_bench', 'bench_markdown', 'save_bench']
+__all__ = ['bench_pipeline', 'bench_workers', 'bench_cross_entropy', 'bench_lr_find', 'bench_throughput', 'bench_few_shot',
+           'plot_bench', 'run_bench', 'bench_markdown', 'save_bench']
 
 # %% ../nbs/16_bench.ipynb #5046e1c5
 def _timeit(f)->float:   # wall-clock seconds of one call: a whole pass over a DataLoader, or one training step
@@ -144,6 +146,28 @@ def _setting(o:dict)->str:
     return (f"{o['arch']} {o['precision']}{' channels-last' if o.get('channels_last') else ''}"
             f"{', 1 thread' if o.get('threads')==1 else ''}")
 
+# %% ../nbs/16_bench.ipynb #bd34b2e0
+def _forward_images_s(learn, files, bs:int=8)->float:
+    "Images/s of a plain forward pass (the backbone's ImageNet logits) over `files`, decoding included."
+    dl, net = learn.dls.test_dl(files, bs=bs), learn.model[0].model.eval()
+    def run():
+        with torch.no_grad():
+            for (xb,) in dl: net(xb.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last))
+    return len(files)/_timeit(run)
+
+def bench_few_shot(files, # labelled photos: a few-shot folder's, or the profile's
+                   fp, # a few-shot `Profile` (`Profile.few_shot`): the backbone and the size
+                  )->dict:
+    "Seconds to fit the few-shot model on `files`, and its feature throughput against a plain forward pass of the same backbone."
+    block = pets_block(fp); block.get_items, block.splitter = None, lambda o: (list(range(len(o))), [])
+    learn = few_shot_learner(block.dataloaders(files, bs=8, device='cpu'), fp.arch)
+    _forward_images_s(learn, files[:8 + len(files)%8])   # warm-up: the first pass sets up each layer's kernels, for both batch sizes
+    before = _forward_images_s(learn, files)
+    fit = fit_few_shot(learn, files, repeats=5)
+    plain = (before + _forward_images_s(learn, files))/2
+    return dict(arch=fp.arch, size=fp.size, n_images=len(files), fit_s=fit['feature_s']+fit['head_s'], head_s=fit['head_s'],
+                features_images_s=fit['images_s'], forward_images_s=plain, ratio=fit['images_s']/plain, error=fit['error'])
+
 # %% ../nbs/16_bench.ipynb #b3a1c0d2
 def plot_bench(res:dict, # what `run_bench` returned (or its JSON, loaded)
                fname=None, # save the chart here (PNG) when given
@@ -155,6 +179,7 @@ def plot_bench(res:dict, # what `run_bench` returned (or its JSON, loaded)
     if 'ratio_to_two' in res['pipeline']:
         bars.append(('data pipeline, crop folded in / two resamplings', res['pipeline']['ratio_to_two'], 'C0'))
     bars += [(f"data pipeline {w} workers / 0 workers", r, 'C4') for w,_,r in _worker_ratios(res)]
+    if 'few_shot' in res: bars.append(('few-shot features / plain forward pass', res['few_shot']['ratio'], 'C5'))
     bars += [(f"{_setting(o)} / float32", o['ratio_to_float32'], 'C3') for o in res['throughput']
              if (o['precision'], o.get('channels_last'), o.get('threads')) != ('float32', False, res.get('threads'))]
     fig, ax = plt.subplots(figsize=(9, 0.35*len(bars)+1.2))
@@ -185,6 +210,9 @@ def _rows(res:dict)->list:
         rows.append(('data pipeline, crop folded in / two resamplings',
                      f"{r['fastai_items_s']:.0f} vs {r['two_resamplings_items_s']:.0f} items/s", f"{r['ratio_to_two']:.2f}"))
     rows += [(f"data pipeline, {w} workers / 0 workers", f"{v:.0f} items/s", f"{r:.2f}") for w,v,r in _worker_ratios(res)]
+    if (f := res.get('few_shot')):
+        rows.append(('few-shot fit (features / plain forward pass)', f"{f['fit_s']:.1f} s to fit {f['n_images']} images ({f['arch']}, "
+                     f"{f['size']} px; head {f['head_s']:.1f} s); {f['features_images_s']:.1f} vs {f['forward_images_s']:.1f} images/s", f"{f['ratio']:.2f}"))
     return rows + [(f"training {_setting(o)}", f"{o['images_s']:.0f} images/s at {res['size']} px, bs {res['bs']}",
                     f"{o['ratio_to_float32']:.2f}") for o in res['throughput']]
 
@@ -197,6 +225,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
               out:str|None=None, # write the results as JSON here
               threads:int|None=None, # torch CPU threads (default: torch's)
               archs:list|None=None, # training throughput of these (default: the profile's, resnet18, resnet34)
+              data=None, # a folder of labelled photos for the few-shot row (default: the profile's images, 4 per breed)
              )->dict:
     "Measure the ratios on `profile`'s data and architecture, print them as a table, and return (and write) them."
     if threads: torch.set_num_threads(threads)
@@ -217,6 +246,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32' and not o['channels_last']
             and o.get('threads')==res['threads']}
     for o in tp: o['ratio_to_float32'] = o['images_s']/base[o['arch']]
+    res['few_shot'] = bench_few_shot(get_pet_files(data or pets_path(p), per_breed=None if data else 4, verbose=False), p.few_shot())
     res['seconds'] = round(time.perf_counter()-t0, 1)
     _print_table(_rows(res))
     print(f"{res['seconds']:.0f} s")

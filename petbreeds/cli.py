@@ -70,6 +70,11 @@ def _folder(s):
     if not s.strip(): raise argparse.ArgumentTypeError(f"{s!r} names no folder: name one, or leave the option out")
     return s
 
+def _png(s):
+    if not s.lower().endswith('.png'): raise argparse.ArgumentTypeError(f"{s!r} is not a .png file name")
+    if not Path(s).expanduser().absolute().parent.is_dir(): raise argparse.ArgumentTypeError(f"{s!r}: its folder does not exist")
+    return s
+
 # %% ../nbs/12_cli.ipynb #88d86110
 class _Parser(argparse.ArgumentParser):
     "`ArgumentParser` whose usage errors become a one-line `CliError`."
@@ -77,7 +82,7 @@ class _Parser(argparse.ArgumentParser):
 
 # %% ../nbs/12_cli.ipynb #70d6929a
 PROFILE_NAMES = ('full', 'quick', 'offline', 'auto')
-ARCH_NAMES = ('efficientnet_lite0', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+ARCH_NAMES = ('efficientnet_lite0', 'efficientnet_lite2', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 _PROFILE_HELP = 'run profile (default: PETBREEDS_PROFILE, else auto)'
 
 def _train_data_options(t):
@@ -109,7 +114,7 @@ def _train_recipe_options(t):
     lr.add_argument('--lr-find', action='store_true', help='use the valley suggestion of lr_find as --lr')
     t.add_argument('--recipe', choices=['fine_tune','manual','ncm'],
                    help='fine_tune (the default, with --data on a CPU: ncm), manual: freeze, fit_one_cycle, unfreeze, '
-                   'fit_one_cycle with --lr-max, or ncm: frozen body, nearest-class-mean head (no epochs)')
+                   'fit_one_cycle with --lr-max, or ncm: the few-shot model, a frozen EfficientNet-Lite and a class-mean head (no epochs)')
     t.add_argument('--lr-max', type=parse_slice, default=slice(1e-6,1e-4), metavar='LO:HI',
                    help="discriminative learning rates of the manual recipe's unfrozen phase (default 1e-6:1e-4)")
     flag = argparse.BooleanOptionalAction
@@ -120,6 +125,8 @@ def _train_recipe_options(t):
                    "(fastai's default); --no-train-bn makes frozen epochs cheaper")
     t.add_argument('--threads', type=_int_in(1, 'threads'),
                    help="torch CPU threads per process (default: torch's; 1 is much faster on a busy machine)")
+    t.add_argument('--curve', metavar='PNG', type=_png,
+                   help='the ncm recipe: also measure its learning curve (1, 2, 3 photos per breed) and draw it to PNG')
     t.add_argument('--out', metavar='DIR', type=_folder,
                    help='where to write results.json, model.json + model.safetensors and model.pkl, all at once when the run is complete; '
                    'a previous run there is replaced whole (default: a new runs/<time>-<random>)')
@@ -143,6 +150,8 @@ def _other_commands(sub):
     b = sub.add_parser('bench', help='measured speed ratios (a couple of minutes offline)')
     b.add_argument('--profile', choices=PROFILE_NAMES, help=_PROFILE_HELP)
     b.add_argument('--out', metavar='FILE', help='write the results as JSON here')
+    b.add_argument('--data', metavar='DIR', type=_folder,
+                   help="a folder of labelled photos for the few-shot row (default: the profile's images, 4 per breed)")
     b.add_argument('--threads', type=_int_in(1, 'threads'), help="torch CPU threads (default: torch's)")
     b.add_argument('--arch', choices=ARCH_NAMES, action='append', dest='archs',
                    help="an architecture to measure training throughput for (repeatable; default: the profile's, "
@@ -186,7 +195,7 @@ def train(args:argparse.Namespace)->int:
     from petbreeds.recipes import train_profile, train_run
     p = train_profile(args.profile, args.data, **{k: getattr(args, k) for k in _PROFILE_OPTIONS})
     train_run(p, out=args.out, pretrained=args.pretrained, lr_find=args.lr_find, lr_max=args.lr_max, split=args.split,
-              fp16=args.fp16, workers=args.workers, seed=args.seed, options=_jsonable(args))
+              fp16=args.fp16, workers=args.workers, seed=args.seed, options=_jsonable(args), curve=args.curve)
     return 0
 
 # %% ../nbs/12_cli.ipynb #f4bb70b0
@@ -217,7 +226,7 @@ def predict(args:argparse.Namespace)->int:
 def bench(args:argparse.Namespace)->int:
     "`petbreeds bench`: print a table of measured ratios (`petbreeds.bench.run_bench`) and write them as JSON."
     from petbreeds.bench import run_bench
-    run_bench(args.profile, args.out, args.threads, args.archs)
+    run_bench(args.profile, args.out, args.threads, args.archs, args.data)
     return 0
 
 # %% ../nbs/12_cli.ipynb #fcc3dafe

@@ -17,6 +17,7 @@ from fastai.vision.all import *
 from .data import PetImage, PETS_PAT
 from .presizing import PetImageBlock, ResizedCropAffine
 from .backbone import pets_learner, ARCHS
+from .few_shot import few_shot_learner, FEW_SHOT_ARCHS
 from .safety import PetbreedsError, atomic_path, atomic_write, printable, _umask
 
 # %% ../nbs/18_model_files.ipynb #e6d60d6e
@@ -166,6 +167,16 @@ def _head_ok(h, meta)->bool:
             and (lin is None or isinstance(lin, list) and len(lin) <= 4 and all(type(o) is int and 1 <= o <= 4096 for o in lin))
             and (ps_ok(ps) or isinstance(ps, list) and 1 <= len(ps) <= 5 and all(map(ps_ok, ps))))
 
+_FEW_SHOT_KEYS = {'flip', 'probs', 'strength', 'folds'}   # what `fit_few_shot`'s model is: its features, and how its head was chosen
+
+def _few_shot_ok(v, meta)->bool:
+    "`None`, or the few-shot model's features (`flip`, `probs`: booleans) and head (`strength`: `None` or > 0), on a Lite, with no `head`."
+    if v is None: return True
+    if not isinstance(v, dict) or not set(v) <= _FEW_SHOT_KEYS or meta.get('arch') not in FEW_SHOT_ARCHS or meta.get('head') is not None: return False
+    s, k = v.get('strength'), v.get('folds', 4)
+    return (all(type(v.get(o, False)) is bool for o in ('flip', 'probs')) and (s is None or _num(s) and 0 < s <= 1e9)
+            and type(k) is int and 2 <= k <= 100)
+
 # %% ../nbs/18_model_files.ipynb #98cfc981
 _FIELDS = [   # (field, is its value right?, what it must be): what `save_model` writes
     ('arch', lambda v, m: isinstance(v, str) and v in ARCHS, f"one of {', '.join(ARCHS)}"),
@@ -181,6 +192,8 @@ _FIELDS = [   # (field, is its value right?, what it must be): what `save_model`
     ('sha256', lambda v, m: isinstance(v, str) and re.fullmatch(r'[0-9a-f]{64}', v) is not None, '64 lowercase hex digits'),
     ('n_bytes', lambda v, m: v is None or type(v) is int and v >= 0, 'a whole number of bytes'),
     ('head', _head_ok, 'head options this version can build'),
+    ('few_shot', _few_shot_ok, "null, or flip and probs (true or false) and strength (null or a positive number), "
+                               f"with arch {' or '.join(FEW_SHOT_ARCHS)} and no head"),
 ]
 
 def _check_meta(fn:Path, meta:dict)->dict:
@@ -290,7 +303,9 @@ def load_model_files(path)->Learner:
     blob, shapes = _read_weights(wfn, meta)
     if (n := _n_outputs(shapes)) != len(meta['vocab']):
         raise ModelFileError(f"{str(wfn)!r} holds a classifier for {n or 'no'} breeds, model.json's vocab names {len(meta['vocab'])}")
-    learn = pets_learner(_dls_for(meta), meta['arch'], pretrained=False, loss_func=CrossEntropyLossFlat(), **(meta.get('head') or {}))
+    if (fs := meta.get('few_shot')) is not None:   # `fit_few_shot`'s model: the whole network, its features as it computed them
+        learn = few_shot_learner(_dls_for(meta), meta['arch'], fs.get('flip', False), fs.get('probs', False), pretrained=False)
+    else: learn = pets_learner(_dls_for(meta), meta['arch'], pretrained=False, loss_func=CrossEntropyLossFlat(), **(meta.get('head') or {}))
     try: learn.model.load_state_dict(st_load(blob), strict=True)
     except (RuntimeError, ValueError, SafetensorError) as e:
         raise ModelFileError(f"{str(wfn)!r} does not fit a {meta['arch']} for {len(meta['vocab'])} breeds "

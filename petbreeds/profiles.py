@@ -83,7 +83,8 @@ class Profile:
                 f"{self.presize}→{self.size} px, bs {self.bs}, {self.device}{cap}")
 
 # %% ../nbs/09_profiles.ipynb #7cdf3b4b
-_ARCH_NAMES = dict(resnet18='resnet18', resnet34='resnet34', resnet50='resnet50', efficientnet_lite0='EfficientNet-Lite0')
+_ARCH_NAMES = dict(resnet18='resnet18', resnet34='resnet34', resnet50='resnet50', efficientnet_lite0='EfficientNet-Lite0',
+                   efficientnet_lite2='EfficientNet-Lite2')
 
 PROFILES = dict(
     full   =Profile('full',    PETS,      'resnet34',           presize=460, size=224, bs=64, per_breed=None, epochs=2,
@@ -95,7 +96,7 @@ PROFILES = dict(
 )
 
 # %% ../nbs/09_profiles.ipynb #3df34b12
-FEW_SHOT = dict(presize=288, size=288, bs=16, per_breed=None, freeze_epochs=8, epochs=0, min_scale=0.75,
+FEW_SHOT = dict(arch='efficientnet_lite2', presize=320, size=320, bs=16, per_breed=None, freeze_epochs=8, epochs=0, min_scale=0.75,
                 recipe='ncm', lr=2e-3, train_bn=False, tta=False, label_smoothing=False)
 
 # %% ../nbs/09_profiles.ipynb #a030110d

@@ -14,14 +14,14 @@ from .data import *
 from fastai.vision.all import *
 from fastai.distributed import teardown_distrib
 from .backbone import pets_learner
+from .few_shot import FEW_SHOT_ARCHS, FEW_SHOT_FOLDS, few_shot_learner, fit_few_shot, few_shot_curve, plot_curve, one_thread
 from .presizing import pets_block
 from .interpret import most_confused_from_preds
 from .distributed import distributed, on_rank0_first
 from .safety import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
-__all__ = ['NCM_HEAD', 'NCM_FOLDS', 'EpochTimer', 'CPUAutocast', 'PerBreedSplitter', 'choose_split', 'make_splitter',
-           'fit_recipe', 'train_profile', 'body_features', 'class_means', 'ncm_cross_validate', 'fit_ncm',
+__all__ = ['EpochTimer', 'CPUAutocast', 'PerBreedSplitter', 'choose_split', 'make_splitter', 'fit_recipe', 'train_profile',
            'check_weights', 'train_run', 'evaluate_model', 'report_evaluation', 'predict_files']
 
 # %% ../nbs/14_recipes.ipynb #5205c71d
@@ -76,7 +76,7 @@ def fit_recipe(learn:Learner, p:Profile, # its `recipe`, `epochs` and `freeze_ep
     "Train `learn` with `p.recipe`: the book's `fine_tune`, or the book's manual freeze / unfreeze calls."
     if p.recipe=='fine_tune': return learn.fine_tune(p.epochs, base_lr=lr, freeze_epochs=p.freeze_epochs)
     if p.recipe!='manual':
-        raise ProfileError(f"Unknown recipe {p.recipe!r}: use fine_tune or manual (ncm trains no epochs: see `fit_ncm`)")
+        raise ProfileError(f"Unknown recipe {p.recipe!r}: use fine_tune or manual (ncm trains no epochs: see `fit_few_shot`)")
     learn.freeze()
     if p.freeze_epochs: learn.fit_one_cycle(p.freeze_epochs, lr)
     if p.epochs: learn.unfreeze(); learn.fit_one_cycle(p.epochs, lr_max=lr_max)
@@ -95,62 +95,11 @@ def train_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto' 
     if p.recipe=='ncm' and {'epochs', 'freeze_epochs'} & set(given):
         raise ProfileError("the ncm recipe (the few-shot default) trains no epochs: drop --epochs and --freeze-epochs, "
                            "or add --recipe manual")
+    if p.recipe=='ncm' and p.arch not in FEW_SHOT_ARCHS:
+        raise ProfileError(f"the ncm recipe (the few-shot default) needs an EfficientNet-Lite ({', '.join(FEW_SHOT_ARCHS)}), not {p.arch}: "
+                           "drop --arch, or add --recipe manual")
     if ifnone(verbose, rank_distrib()==0): print(p.describe())
     return p
-
-# %% ../nbs/14_recipes.ipynb #828a3a4c
-NCM_HEAD = dict(concat_pool=False, lin_ftrs=[], ps=0.)   # `vision_learner`'s head options for a nearest-class-mean head
-NCM_FOLDS = 4   # cross-validation folds of the few-shot recipe
-
-def body_features(learn:Learner, files, bs:int=8)->tuple:
-    "`(features, targets)`: `learn`'s body's average-pooled outputs for labelled `files`, without augmentation or gradients."
-    dl = learn.dls.test_dl(files, with_labels=True, bs=bs)
-    body, fs, ys = learn.model[0].eval(), [], []
-    with torch.no_grad():
-        for xb,yb in progress_bar(dl, leave=False):
-            fs.append(body(xb.as_subclass(Tensor)).mean((2, 3)).float()); ys.append(yb.as_subclass(Tensor))
-    return torch.cat(fs).cpu(), torch.cat(ys).cpu()
-
-# %% ../nbs/14_recipes.ipynb #8411b168
-def class_means(feats:Tensor, targs:Tensor, c:int)->tuple:
-    "`(centre, means)`: the mean feature, and each class's mean of the centred unit-length features, itself of unit length."
-    centre = feats.mean(0)
-    z = F.normalize(feats - centre, dim=1)
-    return centre, F.normalize(torch.zeros(c, feats.shape[1]).index_add_(0, targs, z), dim=1)
-
-# %% ../nbs/14_recipes.ipynb #8768a4fe
-def ncm_cross_validate(feats:Tensor, targs:Tensor, c:int, k:int=4, seed:int=42)->Tensor:
-    "Held-out scores (dot products with the class means) for every image: `k` folds, each holding out ~1/k of each class."
-    g, fold = torch.Generator().manual_seed(seed), torch.empty_like(targs)
-    for b in targs.unique():
-        idx = (targs==b).nonzero()[:,0]
-        fold[idx] = torch.randperm(len(idx), generator=g) % k
-    scores = torch.zeros(len(targs), c)
-    for j in range(k):
-        held = fold==j
-        if not held.any(): continue
-        centre, means = class_means(feats[~held], targs[~held], c)
-        scores[held] = (feats[held] - centre) @ means.T
-    return scores
-
-# %% ../nbs/14_recipes.ipynb #2489a49d
-def fit_ncm(learn:Learner, # from `pets_learner(..., **NCM_HEAD)`
-            files, # the labelled images: all of them are used
-            k:int=NCM_FOLDS, # folds of the cross-validation
-            seed:int=42)->tuple:
-    "Set `learn`'s head to the nearest class mean of `files`' features; return the cross-validated `(probs, targets)`."
-    feats, targs = body_features(learn, files)
-    c = len(learn.dls.vocab)
-    cv = ncm_cross_validate(feats, targs, c, k, seed)
-    scales = torch.logspace(-1, 3, 81)
-    scale = min(scales.tolist(), key=lambda s: F.cross_entropy(cv*s, targs).item())   # the best-calibrated temperature
-    centre, means = class_means(feats, targs, c)
-    bn, lin = learn.model[1][-2], learn.model[1][-1]
-    with torch.no_grad():
-        bn.running_mean.copy_(centre); bn.running_var.fill_(1-bn.eps); bn.weight.fill_(1.); bn.bias.zero_()
-        lin.weight.copy_(means*scale)
-    learn.model.eval()
-    return (cv*scale).softmax(1), targs
 
 # %% ../nbs/14_recipes.ipynb #08c51cd5
 def check_weights(arch:str, pretrained:bool=True):
@@ -182,10 +131,10 @@ def _train_data(p:Profile, split, seed, workers, rank, world):
 
 def _train_learner(p:Profile, dls, pretrained, fp16)->Learner:
     "The learner, with an `EpochTimer`, and `BnFreeze`, label smoothing and mixed precision as `p` and `fp16` say."
+    if p.recipe=='ncm': return few_shot_learner(dls, p.arch, pretrained=pretrained).add_cb(EpochTimer())   # nothing to train
     cbs = [EpochTimer()] + ([] if p.train_bn else [BnFreeze()])
     loss = LabelSmoothingCrossEntropyFlat() if p.label_smoothing else None
-    head = NCM_HEAD if p.recipe=='ncm' else {}
-    try: learn = pets_learner(dls, p.arch, pretrained=pretrained, cbs=cbs, train_bn=p.train_bn, loss_func=loss, **head)
+    try: learn = pets_learner(dls, p.arch, pretrained=pretrained, cbs=cbs, train_bn=p.train_bn, loss_func=loss)
     except OSError as e:
         raise ProfileError(f"could not get {p.arch}'s ImageNet weights ({e}): "
                            "use --arch efficientnet_lite0 or --no-pretrained") from None
@@ -213,30 +162,61 @@ def _pairs(confused, n:int)->str: return ', '.join(f'{printable(a)} → {printab
 
 def _describe_run(p, path, files, dls, split, bs, world, fp16)->str:
     prec = (', fp16' if p.device=='cuda' else ', bf16 autocast') if fp16 else ''
-    how = (f"all used, error cross-validated in {NCM_FOLDS} folds" if p.recipe=='ncm' else
+    how = (f"all used (frozen {p.arch}: its features and ImageNet probabilities, a class-mean head), error by nested "
+           f"cross-validation in {FEW_SHOT_FOLDS} folds" if p.recipe=='ncm' else
            f"{len(dls.train_ds)} training, {len(dls.valid_ds)} validation ({split[0]}:{split[1]})")
     return (f"{len(files)} images in {printable(path)}: {how}, bs {bs}{f' ({bs//world} per process)' if world>1 else ''}, recipe {p.recipe}"
-            f"{'' if p.train_bn else ' (BnFreeze)'}{', label smoothing' if p.label_smoothing else ''}{prec}"
+            f"{'' if p.train_bn or p.recipe=='ncm' else ' (BnFreeze)'}{', label smoothing' if p.label_smoothing else ''}{prec}"
             f"{f', {world} processes' if world>1 else ''}")
 
 def _report(res:dict, times:list, n_valid:int):
     tta = f" with TTA ({res['error_rate_no_tta']:.4f} without)" if res['tta'] else ''
     on = f"{n_valid} images, each predicted without itself (cross-validated)" if res['recipe']=='ncm' else f"{n_valid} validation images"
+    if res['recipe']=='ncm': return _report_few_shot(res)
     print(f"error rate: {res['error_rate']:.4f}{tta} on {on}")
     print(f"most confused: {_pairs(res['most_confused'], 5)}")
-    if res['recipe']=='ncm': print(f"time: {res['seconds']:.0f} s in all (one forward pass per image, no epochs)")
-    else: print(f"time: {sum(times)/max(len(times), 1):.1f} s per epoch ({len(times)} epochs), {res['seconds']:.0f} s in all")
+    print(f"time: {sum(times)/max(len(times), 1):.1f} s per epoch ({len(times)} epochs), {res['seconds']:.0f} s in all")
+
+def _report_few_shot(res:dict):
+    n, r = res['n_images'], res['few_shot']
+    print(f"error rate: {res['error_rate']:.4f} ± {res['error_sd']:.4f} on {n} images, each predicted without itself: nested "
+          f"cross-validation ({r['folds']} folds, the head's strength chosen inside each; mean ± sd over {len(res['errors'])} fold assignments)")
+    print(f"most confused: {_pairs(res['most_confused'], 5)}")
+    print(f"time: {res['fit_seconds']:.1f} s to fit (the features of {n} images in {res['feature_seconds']:.1f} s, "
+          f"{res['images_s']:.1f} images/s; the head and its estimate {res['head_seconds']:.1f} s), {res['seconds']:.0f} s in all")
+
+def _few_shot_results(learn, fit:dict, curve=None, seed:int=42, title:str='')->dict:
+    "results.json's few-shot fields: the features and head, the nested estimate, the timings; the learning curve drawn to `curve` if given."
+    body = learn.model[0]
+    res = dict(few_shot=dict(flip=body.flip, probs=body.probs, strength=fit['strength'], folds=FEW_SHOT_FOLDS),
+               error_rate=fit['error'], error_sd=fit['sd'], errors=fit['errors'], strengths_chosen=fit['strengths'],
+               fit_seconds=round(fit['feature_s']+fit['head_s'], 2), feature_seconds=round(fit['feature_s'], 2),
+               head_seconds=round(fit['head_s'], 2), images_s=round(fit['images_s'], 2))
+    if curve:
+        with one_thread(): c = few_shot_curve(fit['feats'], learn.model[1][0].sizes, fit['targs'], len(learn.dls.vocab), seed=seed)
+        res['curve'] = {str(k): v for k,v in c.items()}
+        title += ": mean ± sd over 10 random deals\n1 per breed: nearest class mean (fixed); 2, 3: strength chosen inside"
+        with atomic_path(Path(curve)) as tmp: plt.close(plot_curve(res['curve'], title, tmp))
+    return res
 
 def _save_run(learn, res:dict, out:Path):
     "Save the model (safetensors + JSON, and fastai's pickle) and the results: all of them or none, a previous run in `out` replaced whole."
     learn.remove_cbs(learn.cbs.filter(lambda c: isinstance(c, (EpochTimer, CPUAutocast, BnFreeze))))
     with atomic_path(out, folder=True, replaces=is_run_folder) as run:   # beside `out`, renamed onto it when complete
-        save_model(learn, run, res['arch'], head=NCM_HEAD if res['recipe']=='ncm' else None, profile=res['profile'], error_rate=res['error_rate'])
+        shape = dict(few_shot=res['few_shot']) if res['recipe']=='ncm' else dict(head=None)
+        save_model(learn, run, res['arch'], **shape, profile=res['profile'], error_rate=res['error_rate'])
         with atomic_path(run/'model.pkl') as tmp: learn.export(tmp.absolute())
         atomic_write(run/'results.json', json.dumps(res, indent=2))
     print(f"wrote {printable(out/'results.json')}, {printable(out/'model.json')} (+ model.safetensors) and {printable(out/'model.pkl')}")
 
 # %% ../nbs/14_recipes.ipynb #fd8a3f85
+def _check_run(p:Profile, world:int, curve):
+    "A `ProfileError` for a run that cannot be: nothing to train, the ncm recipe on several processes, a curve of another recipe."
+    if p.recipe!='ncm' and p.epochs + p.freeze_epochs == 0:
+        raise ProfileError("epochs and freeze_epochs are both 0: nothing to train")
+    if p.recipe=='ncm' and world>1: raise ProfileError("the ncm recipe trains nothing to share out: run it in one process")
+    if curve and p.recipe!='ncm': raise ProfileError("--curve measures the few-shot (ncm) recipe's learning curve: drop it, or use --recipe ncm")
+
 def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
               out=None, # folder for results.json and model.pkl (see `run_folder`)
               pretrained:bool=True, # ImageNet weights (else random ones)
@@ -247,12 +227,11 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
               workers:int|None=None, # DataLoader worker processes (default: fastai's)
               seed:int=42, # data split, initialisation and shuffling
               options:dict|None=None, # saved as `args` in results.json (the command line's options)
+              curve=None, # the ncm recipe: also measure its learning curve and draw it to this PNG file
              )->dict|None:
     "Train `p`'s recipe on `p`'s data (data-parallel under `torchrun`), report, and save; the results in process 0."
     start, rank, world = time.perf_counter(), rank_distrib(), max(num_distrib(), 1)
-    if p.recipe!='ncm' and p.epochs + p.freeze_epochs == 0:
-        raise ProfileError("epochs and freeze_epochs are both 0: nothing to train")
-    if p.recipe=='ncm' and world>1: raise ProfileError("the ncm recipe trains nothing to share out: run it in one process")
+    _check_run(p, world, curve)
     check_weights(p.arch, pretrained)
     out = run_folder(out) if rank==0 else None
     path, files, split, dls, bs = _train_data(p, split, seed, workers, rank, world)
@@ -260,8 +239,8 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
     if rank==0: run_folder(out, need_bytes=8*sum(o.numel() for o in learn.model.parameters())+2**20)  # two copies, checked again
     if rank==0: print(_describe_run(p, path, files, dls, split, bs, world, fp16))
     if p.recipe=='ncm':
-        lr, (preds, targs) = None, fit_ncm(learn, files, seed=seed)
-        plain = preds
+        lr, fit = None, fit_few_shot(learn, files, seed=seed)
+        preds = plain = fit['probs']; targs = fit['targs']
     else:
         lr = _base_lr(learn, p, lr_find, rank)
         with distributed(learn):
@@ -273,13 +252,14 @@ def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
         times = learn.epoch_timer.times
         res = dict(profile=p.name, arch=p.arch, data=p.data.kind if p.data.builtin else str(path), n_images=len(files),
                    n_train=len(files) if p.recipe=='ncm' else len(dls.train_ds), n_valid=len(targs),
-                   split=f'cv:{NCM_FOLDS}' if p.recipe=='ncm' else f'{split[0]}:{split[1]}',
+                   split=f'cv:{FEW_SHOT_FOLDS}' if p.recipe=='ncm' else f'{split[0]}:{split[1]}',
                    recipe=p.recipe, epochs=p.epochs, freeze_epochs=p.freeze_epochs, lr=str(lr), size=p.size,
                    presize=p.presize, bs=bs, tta=p.tta, label_smoothing=p.label_smoothing, train_bn=p.train_bn,
                    error_rate=err, error_rate_no_tta=error_rate(plain, targs).item(),
                    most_confused=most_confused_from_preds(preds, targs, dls.vocab)[:10],
                    seconds=round(time.perf_counter()-start, 1), seconds_per_epoch=[round(t, 2) for t in times],
                    processes=world, device=p.device, args=options or {})
+        if p.recipe=='ncm': res.update(_few_shot_results(learn, fit, curve, seed, f"{p.arch}, {p.size} px, {len(files)} photos"))
         _report(res, times, len(targs))
         _save_run(learn, res, out)
     if world>1: teardown_distrib()

@@ -65,7 +65,7 @@ def test_huge_presize_refused_before_allocation(model, no_build):
 @pytest.mark.parametrize('field,value', [('arch', 5), ('arch', 'resnet9000'), ('vocab', ['pug', 'pug']), ('vocab', ['../../escaped']),
                                          ('vocab', ['Birman', 'pug', 'beagle']), ('weights', '../run/model.safetensors'),
                                          ('sha256', 'ABC'), ('min_scale', 'big'), ('mean', [1, 2]), ('head', {'lin_ftrs': [10**9]}),
-                                         ('n_bytes', 12)])
+                                         ('n_bytes', 12), ('few_shot', {'probs': True}), ('few_shot', 'yes')])
 def test_each_field_one_line(model, no_build, field, value):
     d = _folder(model, {**model['meta'], field: value})
     with pytest.raises(ModelFileError) as e: load_model_files(d)
@@ -108,8 +108,9 @@ def test_malformed_safetensors_header_one_line(model):
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
                      lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=8)
 _EDGES = st.sampled_from(['abc', '', '..', '../model.safetensors', '/dev/zero', 0, -1, 2049, 30000, [30000, 30000], [64], [64, 64, 3],
-                          [], {}, ['pug'], ['Birman', 'pug', 'pug'], ['Birman', 'a/b'], 'resnet18', 'A'*64, True, 1e308, [0.5, 0.5, 0.5]])
-_FIELDS = ['format', 'arch', 'vocab', 'presize', 'size', 'min_scale', 'mean', 'std', 'weights', 'sha256', 'n_bytes', 'head', 'versions']
+                          [], {}, ['pug'], ['Birman', 'pug', 'pug'], ['Birman', 'a/b'], 'resnet18', 'A'*64, True, 1e308, [0.5, 0.5, 0.5],
+                          'efficientnet_lite2', {'flip': False, 'probs': True, 'strength': 10.0}, {'strength': None, 'folds': 4}])
+_FIELDS = ['format', 'arch', 'vocab', 'presize', 'size', 'min_scale', 'mean', 'std', 'weights', 'sha256', 'n_bytes', 'head', 'few_shot', 'versions']
 
 def _snapshot(d:Path)->dict: return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in d.iterdir()}
 
