@@ -5,7 +5,6 @@
 # %% ../nbs/25_explore.ipynb #870d075e
 from __future__ import annotations
 import html, io, math, re, tempfile
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F, matplotlib.pyplot as plt
@@ -17,11 +16,14 @@ from .data import PetImage, image_problem
 from .losses import bear_table, cross_entropy
 from .backbone import efficientnet_lite0, imagenet_top
 from .recipes import predict_files
+from .few_shot import one_thread   # small matrices: one thread
+from fastai.learner import Learner
+from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['UNSURE', 'LRS', 'loss_table', 'plot_softmax', 'softmax_explorer', 'chelsea_photo', 'predict_photo', 'pet_note',
-           'imagenet_says', 'show_top5', 'pet_upload', 'head_errors', 'lr_grid', 'rate_verdict', 'plot_lr_grid',
-           'lr_explorer']
+           'imagenet_says', 'show_top5', 'pet_upload', 'body_features', 'head_errors', 'lr_grid', 'rate_verdict',
+           'plot_lr_grid', 'lr_explorer']
 
 # %% ../nbs/25_explore.ipynb #673ddd70
 def loss_table(acts=None, # {class: activation}, or one number per class in `BEARS`; default: the book's
@@ -200,14 +202,17 @@ def pet_upload(learn, # a trained learner: the chapter's, or one from `load_mode
     box.upload, box.result, box.picture = up, res, pic
     return box
 
-# %% ../nbs/25_explore.ipynb #b2949464
-@contextmanager
-def _one_thread():
-    "Torch on one thread: tiny matrices train faster without threads to wake (and on a shared machine, far faster)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    try: yield
-    finally: torch.set_num_threads(n)
+# %% ../nbs/25_explore.ipynb #39b814c4
+def body_features(learn:Learner, files, bs:int=8)->tuple:
+    "`(features, targets)`: `learn`'s body's average-pooled outputs for labelled `files`, without augmentation or gradients."
+    dl = learn.dls.test_dl(files, with_labels=True, bs=bs)
+    body, fs, ys = learn.model[0].eval(), [], []
+    with torch.no_grad():
+        for xb,yb in progress_bar(dl, leave=False):
+            fs.append(body(xb.as_subclass(Tensor)).mean((2, 3)).float()); ys.append(yb.as_subclass(Tensor))
+    return torch.cat(fs).cpu(), torch.cat(ys).cpu()
 
+# %% ../nbs/25_explore.ipynb #b2949464
 def head_errors(feats:Tensor, targs:Tensor, # body features `(n, f)` and their classes `(n,)`
                 valid:Tensor, # `(n,)` booleans: the validation rows (the others train)
                 lr:float, # Adam's learning rate, constant
@@ -220,7 +225,7 @@ def head_errors(feats:Tensor, targs:Tensor, # body features `(n, f)` and their c
     lin, bound = nn.Linear(x.shape[1], c or int(targs.max())+1), x.shape[1]**-0.5
     with torch.no_grad(): lin.weight.uniform_(-bound, bound, generator=g); lin.bias.uniform_(-bound, bound, generator=g)
     opt, rows = torch.optim.Adam(lin.parameters(), lr=lr), []
-    with _one_thread():
+    with one_thread():
         for _ in range(epochs):
             for idx in torch.randperm(len(x), generator=g).split(bs):
                 loss = F.cross_entropy(lin(x[idx]), y[idx])
