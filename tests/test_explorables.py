@@ -89,10 +89,12 @@ _RUN_CELLS = '''async (needles) => {
     const i = nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes(needle));
     if (i < 0) { done.push({needle, error: 'no such cell'}); break; }
     nb.activeCellIndex = i;
+    const t0 = performance.now();
     await app.commands.execute('notebook:run-cell');
+    const s = (performance.now() - t0)/1000;
     nb.widgets[i].node.scrollIntoView({block: 'center'});
     const err = nb.widgets[i].model.outputs.toJSON().find(o => o.output_type === 'error');
-    done.push({needle, index: i, error: err ? `${err.ename}: ${err.evalue}` : null});
+    done.push({needle, index: i, s, error: err ? `${err.ename}: ${err.evalue}` : null});
     if (err) break;
   }
   return done;
@@ -122,6 +124,7 @@ def run_cells(page, needles):
     done = page.evaluate(_RUN_CELLS, needles)
     bad = [d for d in done if d['error']]
     assert not bad and len(done) == len(needles), f'cells failed: {bad or done}'
+    print(', '.join(f"{d['needle'][:20]!r} {d['s']:.1f} s" for d in done))
     return [d['index'] for d in done]
 
 
