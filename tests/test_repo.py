@@ -70,7 +70,7 @@ def _page_text(nb):
 
 CHAPTER = sorted((ROOT/'nbs').glob('0[1-8]_*.ipynb'))
 _DRAWS = re.compile(r'\.show_batch\(|show_images?\(|\.plot\w*\(|plot_function\(|\bplt\.|plot_top_losses|plot_confusion|\.show_results\('
-                    r'|\bshow_top5\(|\bplot_softmax\(|\bplot_lr_grid\(')   # the explorables' static figures (24_explore)
+                    r'|\bshow_top5\(|\bplot_softmax\(|\bplot_lr_grid\(')   # the explorables' static figures (25_explore)
 _NOT_SHOWN = re.compile(r'^#\|\s*(export|hide|eval:\s*false)\b', re.M)
 
 def _images(cell): return sum(k.startswith('image/') for o in cell.get('outputs', []) for k in o.get('data', {}))
