@@ -187,13 +187,13 @@ def _jsonable(args:argparse.Namespace)->dict:
     return {k: (str(v) if isinstance(v, (slice, tuple)) else v) for k,v in vars(args).items()}
 
 def train(args:argparse.Namespace)->int:
-    "`petbreeds train`: the profile (`train_profile`) from the options, then a run (`train_run`)."
+    "`petbreeds train`: the profile (`training_profile`) from the options, then a run (`train_run`)."
     if os.environ.get('WORLD_SIZE', '1')!='1' and hasattr(sys.stdout, 'reconfigure'):
         sys.stdout.reconfigure(line_buffering=True)   # processes under torchrun share one terminal: whole lines
     import torch
     if args.threads: torch.set_num_threads(args.threads)
-    from petbreeds.recipes import train_profile, train_run
-    p = train_profile(args.profile, args.data, **{k: getattr(args, k) for k in _PROFILE_OPTIONS})
+    from petbreeds.recipes import training_profile, train_run
+    p = training_profile(args.profile, args.data, **{k: getattr(args, k) for k in _PROFILE_OPTIONS})
     train_run(p, out=args.out, pretrained=args.pretrained, lr_find=args.lr_find, lr_max=args.lr_max, split=args.split,
               fp16=args.fp16, workers=args.workers, seed=args.seed, options=_jsonable(args), curve=args.curve)
     return 0

@@ -21,7 +21,7 @@ from .distributed import distributed, on_rank0_first
 from .safety import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
 # %% auto #0
-__all__ = ['EpochTimer', 'CPUAutocast', 'PerBreedSplitter', 'choose_split', 'make_splitter', 'fit_recipe', 'train_profile',
+__all__ = ['EpochTimer', 'CPUAutocast', 'PerBreedSplitter', 'choose_split', 'make_splitter', 'fit_recipe', 'training_profile',
            'check_weights', 'train_run', 'evaluate_model', 'report_evaluation', 'predict_files']
 
 # %% ../nbs/14_recipes.ipynb #5205c71d
@@ -82,10 +82,10 @@ def fit_recipe(learn:Learner, p:Profile, # its `recipe`, `epochs` and `freeze_ep
     if p.epochs: learn.unfreeze(); learn.fit_one_cycle(p.epochs, lr_max=lr_max)
 
 # %% ../nbs/14_recipes.ipynb #55643d94
-def train_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto' (see `get_profile`)
-                  data=None, # a folder of your own Oxford-named photos
-                  verbose:bool|None=None, # print the profile (default: in process 0 only)
-                  **overrides)->Profile: # `Profile` fields; `None` keeps the profile's, `per_breed=0` means all
+def training_profile(profile:str|None=None, # 'full', 'quick', 'offline' or 'auto' (see `get_profile`)
+                     data=None, # a folder of your own Oxford-named photos
+                     verbose:bool|None=None, # print the profile (default: in process 0 only)
+                     **overrides)->Profile: # `Profile` fields; `None` keeps the profile's, `per_breed=0` means all
     "The profile to train: `get_profile`'s, with the few-shot recipe for a folder `data` on a CPU, then `overrides`."
     p = get_profile(profile, data=data, verbose=False)
     if data and p.device=='cpu': p = p.few_shot()
@@ -217,7 +217,7 @@ def _check_run(p:Profile, world:int, curve):
     if p.recipe=='ncm' and world>1: raise ProfileError("the ncm recipe trains nothing to share out: run it in one process")
     if curve and p.recipe!='ncm': raise ProfileError("--curve measures the few-shot (ncm) recipe's learning curve: drop it, or use --recipe ncm")
 
-def train_run(p:Profile, # from `train_profile`: data, sizes, epochs and recipe
+def train_run(p:Profile, # from `training_profile`: data, sizes, epochs and recipe
               out=None, # folder for results.json and model.pkl (see `run_folder`)
               pretrained:bool=True, # ImageNet weights (else random ones)
               lr_find:bool=False, # use `lr_find`'s valley as the base rate

@@ -64,8 +64,8 @@ def test_a_failed_save_leaves_the_old_run_whole(pics, tmp_path, offline, capsys,
     assert _files(out)==old and _beside(out)==[]
     def interrupted(self, fname, **kw): raise KeyboardInterrupt
     monkeypatch.setattr(Learner, 'export', interrupted)
-    from petbreeds.recipes import train_profile, train_run
-    with pytest.raises(KeyboardInterrupt): train_run(train_profile('offline', data=pics, verbose=False), out=out, seed=3)
+    from petbreeds.recipes import training_profile, train_run
+    with pytest.raises(KeyboardInterrupt): train_run(training_profile('offline', data=pics, verbose=False), out=out, seed=3)
     assert _files(out)==old and _beside(out)==[]
 
 def test_a_folder_that_is_not_a_run_is_refused_and_kept(pics, tmp_path, offline, capsys):
