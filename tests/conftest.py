@@ -221,3 +221,38 @@ def tiny_learner(root:Path, per_breed:int, splitter):
     block = DataBlock(blocks=(ImageBlock(PetImage), CategoryBlock), get_items=get_image_files, splitter=splitter,
                       get_y=using_attr(RegexLabeller(PETS_PAT), 'name'), item_tfms=Resize(40), batch_tfms=aug_transforms(size=32))
     return pets_learner(block.dataloaders(src, bs=2, device='cpu'), 'resnet18', pretrained=False), src
+
+
+def lab_api(base:str, token:str, path:str, method='GET', body=None)->bytes:
+    "One call of a Jupyter server's REST API, with its token."
+    import urllib.request
+    req = urllib.request.Request(f'{base}{path}', method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={'Authorization': f'token {token}', 'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=10) as r: return r.read()
+
+@contextmanager
+def jupyter_lab(tmp:Path, env:dict):
+    """JupyterLab serving folder `tmp` on 127.0.0.1 with a new token, its config, data, settings, workspace and runtime
+    folders inside `tmp` (so nothing of the user's is read or written), `env` for the server and its kernels; yields
+    (base URL, token) once it answers, and stops it after."""
+    import secrets, socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = {**env, **{v: str(tmp/d) for v, d in [('JUPYTER_CONFIG_DIR', 'config'), ('JUPYTER_DATA_DIR', 'data'),
+           ('JUPYTERLAB_SETTINGS_DIR', 'settings'), ('JUPYTERLAB_WORKSPACES_DIR', 'workspaces'), ('JUPYTER_RUNTIME_DIR', 'runtime')]}}
+    cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1',
+           f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={tmp}', '--LabApp.expose_app_in_browser=True',
+           '--ServerApp.port_retries=0', '--allow-root']   # CI containers often run as root
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp/'lab.log', 'w'))
+    base = f'http://127.0.0.1:{port}'
+    try:
+        up, deadline = False, time.monotonic() + 600   # a busy machine can take minutes to import the server
+        while not up and proc.poll() is None and time.monotonic() < deadline:
+            try: lab_api(base, token, '/api/status'); up = True
+            except OSError: time.sleep(0.5)
+        if not up: pytest.fail(f'JupyterLab did not start:\n{(tmp/"lab.log").read_text()[-2000:]}')
+        yield base, token
+    finally:
+        proc.terminate()
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired: proc.kill()

@@ -9,10 +9,11 @@ test run's cache warming), so that training the chapter's learner takes seconds 
 Chromium, driven by Playwright for Python (never `playwright install`), does the clicking; the page may reach nothing
 but the server. Skipped, with the reason, when Chromium, Playwright or JupyterLab is missing.
 """
-import json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import json, os, re, shutil, time
 from pathlib import Path
 
 import pytest
+from conftest import jupyter_lab, lab_api
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get('PETBREEDS_CHROMIUM', shutil.which('chromium') or '/usr/bin/chromium')
@@ -34,17 +35,6 @@ LEARNER = ['profile = get_profile()', 'images = pets_path(profile)', 'learn.fine
 UPLOAD = ['pet_upload(learn, profile)']
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
-def _api(base, token, path, method='GET', body=None):
-    req = urllib.request.Request(f'{base}{path}', method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={'Authorization': f'token {token}', 'Content-Type': 'application/json'})
-    with urllib.request.urlopen(req, timeout=10) as r: return r.read()
-
-
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
     "JupyterLab on a copy of `nbs/`, its kernels on this checkout's petbreeds and a small synthetic set: (base URL, token)."
@@ -52,31 +42,14 @@ def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('explore-lab')
     shutil.copytree(ROOT/'nbs', tmp/'nbs')
     shutil.copy(ROOT/'settings.ini', tmp)
-    port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ('MPLBACKEND', 'PETBREEDS_PETS_URL')}   # a learner's kernel
     env.update(PYTHONPATH=os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
-               PETBREEDS_PROFILE='offline', PETBREEDS_DATA=str(make_synthetic_pets(6, seed=1, verbose=False)),
-               JUPYTER_CONFIG_DIR=str(tmp/'config'), JUPYTER_DATA_DIR=str(tmp/'data'), JUPYTERLAB_SETTINGS_DIR=str(tmp/'settings'),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp/'workspaces'), JUPYTER_RUNTIME_DIR=str(tmp/'runtime'))
-    cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1',
-           f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={tmp}', '--LabApp.expose_app_in_browser=True',
-           '--ServerApp.port_retries=0', '--allow-root']
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp/'lab.log', 'w'))
-    base = f'http://127.0.0.1:{port}'
-    try:
-        up, deadline = False, time.monotonic() + 600   # a busy machine can take minutes to import the server
-        while not up and proc.poll() is None and time.monotonic() < deadline:
-            try: _api(base, token, '/api/status'); up = True
-            except OSError: time.sleep(0.5)
-        if not up: pytest.fail(f'JupyterLab did not start:\n{(tmp/"lab.log").read_text()[-2000:]}')
+               PETBREEDS_PROFILE='offline', PETBREEDS_DATA=str(make_synthetic_pets(6, seed=1, verbose=False)))
+    with jupyter_lab(tmp, env) as (base, token):
         # every cell in the page (JupyterLab 4 may leave cells out of view out of the page until scrolled to)
-        _api(base, token, '/lab/api/settings/@jupyterlab/notebook-extension:tracker', 'PUT',
-             {'raw': json.dumps({'windowingMode': 'none'})})
+        lab_api(base, token, '/lab/api/settings/@jupyterlab/notebook-extension:tracker', 'PUT',
+                {'raw': json.dumps({'windowingMode': 'none'})})
         yield base, token
-    finally:
-        proc.terminate()
-        try: proc.wait(30)
-        except subprocess.TimeoutExpired: proc.kill()
 
 
 # Run the first cell holding each needle, one after the other, as Shift+Enter would, and wait for each to finish;

@@ -8,10 +8,11 @@ kernel's `language_info` and display name into every notebook it opens: nothing 
 notebook (nbdev_clean strips both), which is why nbdev ships the hook.
 Skipped, with the reason, when Chromium or Playwright is missing.
 """
-import difflib, json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import difflib, json, os, shutil, time
 from pathlib import Path
 
 import pytest
+from conftest import jupyter_lab, lab_api
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get('PETBREEDS_CHROMIUM', shutil.which('chromium') or '/usr/bin/chromium')
@@ -26,17 +27,6 @@ if not Path(CHROMIUM).exists():
 pytest.importorskip('jupyterlab', reason='JupyterLab is not installed: pip install jupyterlab')
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
-def _api(base, token, path, method='GET', body=None):
-    req = urllib.request.Request(f'{base}{path}', method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={'Authorization': f'token {token}', 'Content-Type': 'application/json'})
-    with urllib.request.urlopen(req, timeout=10) as r: return r.read()
-
-
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
     """JupyterLab started in a copy of the repository (`nbs/` and `settings.ini`), as a learner starts it in a clone, with
@@ -48,30 +38,11 @@ def lab(tmp_path_factory):
     (tmp/'config').mkdir()
     from nbdev.clean import _pre_save_hook_src           # exactly what `nbdev_install_hooks` adds to the config
     (tmp/'config'/'jupyter_server_config.py').write_text(_pre_save_hook_src+'\n')
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, 'JUPYTER_CONFIG_DIR': str(tmp/'config'), 'JUPYTER_DATA_DIR': str(tmp/'data'),
-           'JUPYTERLAB_SETTINGS_DIR': str(tmp/'settings'),
-           'JUPYTERLAB_WORKSPACES_DIR': str(tmp/'workspaces'), 'JUPYTER_RUNTIME_DIR': str(tmp/'runtime')}
-    cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1',
-           f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={tmp}', '--LabApp.expose_app_in_browser=True',
-           '--ServerApp.port_retries=0', '--allow-root']   # CI containers often run as root
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp/'lab.log', 'w'))
-    base = f'http://127.0.0.1:{port}'
-    try:
-        up, deadline = False, time.monotonic() + 600   # a busy machine can take minutes to import the server
-        while not up and proc.poll() is None and time.monotonic() < deadline:
-            try: _api(base, token, '/api/status'); up = True
-            except OSError: time.sleep(0.5)
-        if not up: pytest.fail(f'JupyterLab did not start:\n{(tmp/"lab.log").read_text()[-2000:]}')
+    with jupyter_lab(tmp, dict(os.environ)) as (base, token):
         # autosave after 2 s instead of 120 s, so that a rewrite on opening would reach the disk within the test
-        _api(base, token, '/lab/api/settings/@jupyterlab/docmanager-extension:plugin', 'PUT',
-             {'raw': json.dumps({'autosave': True, 'autosaveInterval': 2})})
+        lab_api(base, token, '/lab/api/settings/@jupyterlab/docmanager-extension:plugin', 'PUT',
+                {'raw': json.dumps({'autosave': True, 'autosaveInterval': 2})})
         yield base, token, root
-    finally:
-        proc.terminate()
-        try: proc.wait(30)
-        except subprocess.TimeoutExpired: proc.kill()
-
 
 
 def _wait_for_saves(files, quiet:float=2.0, timeout:float=30.0):
