@@ -256,3 +256,21 @@ def jupyter_lab(tmp:Path, env:dict):
         proc.terminate()
         try: proc.wait(30)
         except subprocess.TimeoutExpired: proc.kill()
+
+CHROMIUM = os.environ.get('PETBREEDS_CHROMIUM', __import__('shutil').which('chromium') or '/usr/bin/chromium')
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync']
+
+@contextmanager
+def lab_page(base:str, token:str, width:int=1200, height:int=900):
+    "Headless Debian Chromium on the JupyterLab at `base`, reaching nothing but that server; yields the page once the app runs."
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={'width': width, 'height': height})
+            page.route('**/*', lambda r: r.continue_() if r.request.url.startswith((base, 'data:', 'blob:')) else r.abort())
+            page.goto(f'{base}/lab?token={token}&reset', timeout=300_000)
+            page.wait_for_function('window.jupyterapp && window.jupyterapp.started', timeout=300_000)
+            yield page
+        finally: browser.close()

@@ -13,12 +13,9 @@ import json, os, re, shutil, time
 from pathlib import Path
 
 import pytest
-from conftest import jupyter_lab, lab_api
+from conftest import CHROMIUM, jupyter_lab, lab_api, lab_page
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get('PETBREEDS_CHROMIUM', shutil.which('chromium') or '/usr/bin/chromium')
-ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync']
 
 sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright for Python is not installed: pip install playwright')
 if not Path(CHROMIUM).exists():
@@ -78,18 +75,10 @@ _RUN_CELLS = '''async (needles) => {
 def notebook(lab):
     "A Chromium page with 03 open in JupyterLab, its kernel started; only the server can be reached."
     base, token = lab
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            page = browser.new_page(viewport={'width': 1300, 'height': 1000})
-            page.route('**/*', lambda r: r.continue_() if r.request.url.startswith((base, 'data:', 'blob:')) else r.abort())
-            page.goto(f'{base}/lab?token={token}&reset', timeout=300_000)
-            page.wait_for_function('window.jupyterapp && window.jupyterapp.started', timeout=300_000)
-            page.evaluate('p => { window.jupyterapp.commands.execute("docmanager:open", {path: p}); }', NB)
-            page.locator('.jp-NotebookPanel:visible .jp-Cell').first.wait_for(timeout=300_000)
-            yield page
-        finally:
-            browser.close()
+    with lab_page(base, token, 1300, 1000) as page:
+        page.evaluate('p => { window.jupyterapp.commands.execute("docmanager:open", {path: p}); }', NB)
+        page.locator('.jp-NotebookPanel:visible .jp-Cell').first.wait_for(timeout=300_000)
+        yield page
 
 
 def run_cells(page, needles):

@@ -12,12 +12,9 @@ import difflib, json, os, shutil, time
 from pathlib import Path
 
 import pytest
-from conftest import jupyter_lab, lab_api
+from conftest import CHROMIUM, jupyter_lab, lab_api, lab_page
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get('PETBREEDS_CHROMIUM', shutil.which('chromium') or '/usr/bin/chromium')
-ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync']
 NOTEBOOKS = sorted(p.name for p in (ROOT/'nbs').glob('*.ipynb'))
 
 sync_api = pytest.importorskip('playwright.sync_api', reason='Playwright for Python is not installed: pip install playwright')
@@ -59,25 +56,17 @@ def test_notebooks_open_without_kernel_prompt_and_unchanged(lab):
     base, token, root = lab
     before = {nb: (ROOT/'nbs'/nb).read_bytes() for nb in NOTEBOOKS}
     prompts = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            page = browser.new_page(viewport={'width': 1200, 'height': 900})
-            page.route('**/*', lambda r: r.continue_() if r.request.url.startswith((base, 'data:', 'blob:')) else r.abort())
-            page.goto(f'{base}/lab?token={token}&reset', timeout=300_000)
-            page.wait_for_function('window.jupyterapp && window.jupyterapp.started', timeout=300_000)
-            for nb in NOTEBOOKS:   # all of them open at once (one tab each), as a learner browsing the chapter might
-                page.evaluate('p => { window.jupyterapp.commands.execute("docmanager:open", {path: p}); }', f'nbs/{nb}')
-                page.locator('.jp-NotebookPanel:visible .jp-Cell').first.wait_for(timeout=300_000)
-            page.wait_for_timeout(5_000)   # past the 2 s autosave interval, and time for a kernel dialog to show
-            if page.locator('.jp-Dialog', has_text='Select Kernel').count(): prompts.append('a notebook')
-            page.keyboard.press('Escape')
-            page.evaluate('() => { window.jupyterapp.commands.execute("application:close-all"); }')
-            page.wait_for_timeout(1_000)
-            _wait_for_saves([root/nb for nb in NOTEBOOKS])
-            changed = [nb for nb in NOTEBOOKS if (root/nb).read_bytes() != before[nb]]
-        finally:
-            browser.close()
+    with lab_page(base, token) as page:
+        for nb in NOTEBOOKS:   # all of them open at once (one tab each), as a learner browsing the chapter might
+            page.evaluate('p => { window.jupyterapp.commands.execute("docmanager:open", {path: p}); }', f'nbs/{nb}')
+            page.locator('.jp-NotebookPanel:visible .jp-Cell').first.wait_for(timeout=300_000)
+        page.wait_for_timeout(5_000)   # past the 2 s autosave interval, and time for a kernel dialog to show
+        if page.locator('.jp-Dialog', has_text='Select Kernel').count(): prompts.append('a notebook')
+        page.keyboard.press('Escape')
+        page.evaluate('() => { window.jupyterapp.commands.execute("application:close-all"); }')
+        page.wait_for_timeout(1_000)
+        _wait_for_saves([root/nb for nb in NOTEBOOKS])
+        changed = [nb for nb in NOTEBOOKS if (root/nb).read_bytes() != before[nb]]
     assert not prompts, 'JupyterLab asked "Select Kernel": give every notebook a kernelspec (python3)'
     hook_errors = [l for l in (root.parent/'lab.log').read_text().splitlines() if 'hook' in l and 'failed' in l]
     assert not hook_errors, hook_errors[:3]
