@@ -16,9 +16,8 @@ from .data import PetImage, image_problem
 from .losses import bear_table, cross_entropy
 from .backbone import efficientnet_lite0, imagenet_top
 from .recipes import predict_files
-from .few_shot import one_thread   # small matrices: one thread
+from .few_shot import few_shot_features, one_thread   # the body's pass; small matrices on one thread
 from fastai.learner import Learner
-from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['UNSURE', 'LRS', 'loss_table', 'plot_softmax', 'softmax_explorer', 'chelsea_photo', 'predict_photo', 'pet_note',
@@ -204,13 +203,9 @@ def pet_upload(learn, # a trained learner: the chapter's, or one from `load_mode
 
 # %% ../nbs/25_explore.ipynb #39b814c4
 def body_features(learn:Learner, files, bs:int=8)->tuple:
-    "`(features, targets)`: `learn`'s body's average-pooled outputs for labelled `files`, without augmentation or gradients."
-    dl = learn.dls.test_dl(files, with_labels=True, bs=bs)
-    body, fs, ys = learn.model[0].eval(), [], []
-    with torch.no_grad():
-        for xb,yb in progress_bar(dl, leave=False):
-            fs.append(body(xb.as_subclass(Tensor)).mean((2, 3)).float()); ys.append(yb.as_subclass(Tensor))
-    return torch.cat(fs).cpu(), torch.cat(ys).cpu()
+    "`(features, targets)`: `learn`'s body's outputs for labelled `files` (`few_shot_features`), averaged over the map."
+    maps, targs = few_shot_features(learn, files, bs)   # one pass through `learn.model[0]`, no augmentation or gradients
+    return maps.mean((2, 3)), targs
 
 # %% ../nbs/25_explore.ipynb #b2949464
 def head_errors(feats:Tensor, targs:Tensor, # body features `(n, f)` and their classes `(n,)`
