@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 from fastai.vision.all import DataLoaders, create_vision_model, set_seed
 from .presizing import pets_dls, pets_block
 from .data import get_pet_files, pets_path
-from .few_shot import few_shot_learner, fit_few_shot
+from .few_shot import few_shot_learner, fit_few_shot, torch_threads
 from .backbone import ARCHS, pets_learner, fast_depthwise
 from .losses import cross_entropy
 from .lr_finder import lr_find_compare
@@ -128,12 +128,11 @@ def bench_throughput(archs, size:int, bs:int, device:str='cpu', rounds:int=5,
             fmt = torch.channels_last if cl else torch.contiguous_format
             xf = x.contiguous(memory_format=fmt)
             def step():
-                model.to(memory_format=fmt); torch.set_num_threads(threads)
-                try:
+                model.to(memory_format=fmt)
+                with torch_threads(threads):
                     with ctx(): loss = F.cross_entropy(model(xf).float(), y)
                     loss.backward(); opt.step(); opt.zero_grad()
                     if device=='cuda': torch.cuda.synchronize()
-                finally: torch.set_num_threads(n_threads)
             return step
         steps = {s: make_step(*s) for s in settings}
         for f in steps.values(): f()   # warm up

@@ -16,7 +16,7 @@ from .data import PetImage, image_problem
 from .losses import bear_table, cross_entropy
 from .backbone import efficientnet_lite0, imagenet_top
 from .recipes import predict_files
-from .few_shot import few_shot_features, one_thread   # the body's pass; small matrices on one thread
+from .few_shot import few_shot_features, torch_threads   # the body's pass; small matrices on one thread
 from fastai.learner import Learner
 
 # %% auto #0
@@ -220,7 +220,7 @@ def head_errors(feats:Tensor, targs:Tensor, # body features `(n, f)` and their c
     lin, bound = nn.Linear(x.shape[1], c or int(targs.max())+1), x.shape[1]**-0.5
     with torch.no_grad(): lin.weight.uniform_(-bound, bound, generator=g); lin.bias.uniform_(-bound, bound, generator=g)
     opt, rows = torch.optim.Adam(lin.parameters(), lr=lr), []
-    with one_thread():
+    with torch_threads():
         for _ in range(epochs):
             for idx in torch.randperm(len(x), generator=g).split(bs):
                 loss = F.cross_entropy(lin(x[idx]), y[idx])

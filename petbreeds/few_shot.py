@@ -14,7 +14,7 @@ from .backbone import get_arch, LITE0_STATS
 # %% auto #0
 __all__ = ['FEW_SHOT_ARCHS', 'SHRINKAGE', 'SCALES', 'FEW_SHOT_FOLDS', 'LiteFeatures', 'BlockNorm', 'few_shot_model',
            'few_shot_learner', 'few_shot_features', 'class_mean_head', 'per_class_folds', 'cv_scores', 'calibrate',
-           'choose_strength', 'nested_cv', 'set_head', 'one_thread', 'fit_few_shot', 'few_shot_curve', 'plot_curve',
+           'choose_strength', 'nested_cv', 'set_head', 'torch_threads', 'fit_few_shot', 'few_shot_curve', 'plot_curve',
            'few_shot_markdown']
 
 # %% ../nbs/24_few_shot.ipynb #a26c436d
@@ -167,12 +167,12 @@ def set_head(model:nn.Sequential, # from `few_shot_model`
 from contextlib import contextmanager
 
 @contextmanager
-def one_thread():
-    "Torch on one CPU thread inside the block (small matrices: no waiting for a second core), its own setting restored after."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def torch_threads(n:int=1):
+    "Torch on `n` CPU threads inside the block (one: small matrices need no second core), its own setting restored after."
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
     try: yield
-    finally: torch.set_num_threads(n)
+    finally: torch.set_num_threads(old)
 
 # %% ../nbs/24_few_shot.ipynb #42eb3779
 FEW_SHOT_FOLDS = 4   # folds of the few-shot recipe's cross-validation
@@ -186,7 +186,7 @@ def fit_few_shot(learn:Learner, # from `few_shot_learner`
     feats, y = few_shot_features(learn, files)
     t1 = time.perf_counter()
     sizes, c = learn.model[1][0].sizes, len(learn.dls.vocab)
-    with one_thread():
+    with torch_threads():
         res = nested_cv(feats, sizes, y, c, k, repeats or (5 if len(y) <= 1000 else 1), seed)
         strength, scale, _ = choose_strength(feats, sizes, y, c, per_class_folds(y, k, seed))
         set_head(learn.model, feats, y, strength, scale)

@@ -14,7 +14,7 @@ from .data import *
 from fastai.vision.all import *
 from fastai.distributed import teardown_distrib
 from .backbone import pets_learner
-from .few_shot import FEW_SHOT_ARCHS, FEW_SHOT_FOLDS, few_shot_learner, fit_few_shot, few_shot_curve, plot_curve, one_thread
+from .few_shot import FEW_SHOT_ARCHS, FEW_SHOT_FOLDS, few_shot_learner, fit_few_shot, few_shot_curve, plot_curve, torch_threads
 from .presizing import pets_block
 from .interpret import most_confused_from_preds
 from .distributed import distributed, on_rank0_first
@@ -193,7 +193,7 @@ def _few_shot_results(learn, fit:dict, curve=None, seed:int=42, title:str='')->d
                fit_seconds=round(fit['feature_s']+fit['head_s'], 2), feature_seconds=round(fit['feature_s'], 2),
                head_seconds=round(fit['head_s'], 2), images_s=round(fit['images_s'], 2))
     if curve:
-        with one_thread(): c = few_shot_curve(fit['feats'], learn.model[1][0].sizes, fit['targs'], len(learn.dls.vocab), seed=seed)
+        with torch_threads(): c = few_shot_curve(fit['feats'], learn.model[1][0].sizes, fit['targs'], len(learn.dls.vocab), seed=seed)
         res['curve'] = {str(k): v for k,v in c.items()}
         title += ": mean ± sd over 10 random deals\n1 per breed: nearest class mean (fixed); 2, 3: strength chosen inside"
         with atomic_path(Path(curve)) as tmp: plt.close(plot_curve(res['curve'], title, tmp))
