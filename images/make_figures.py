@@ -71,7 +71,7 @@ def offline_pets_figure(n=12):
     from petbreeds.profiles import Profile, get_profile
     from petbreeds.data import pets_path, get_pet_files, breed_of
     from PIL import Image
-    path = pets_path(get_profile('offline', verbose=False))
+    path = pets_path(**get_profile('offline', verbose=False).path_args)
     files = get_pet_files(path, per_breed=1, verbose=False)
     rng = np.random.default_rng(42)
     pick = [files[i] for i in sorted(rng.choice(len(files), n, replace=False))]

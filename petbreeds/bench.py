@@ -21,7 +21,7 @@ from .data import get_pet_files, pets_path
 from .few_shot import few_shot_learner, fit_few_shot, torch_threads
 from .backbone import ARCHS, pets_learner, fast_depthwise
 from .losses import cross_entropy
-from .lr_finder import lr_find_compare
+from .lr_finder import compare_finders
 from .safety import atomic_write, atomic_path, _in_place
 from .safety import printable   # control characters escaped: a name cannot forge a line or steer the terminal
 
@@ -96,7 +96,7 @@ def bench_cross_entropy(n:int=4096, c:int=37, reps:int=50, blocks:int=21)->dict:
 def bench_lr_find(dls:DataLoaders, arch:str, num_it:int)->dict:
     "Our learning-rate finder against fastai's `lr_find` on the same learner: time ratio (ours/fastai's) and suggestions."
     learn = pets_learner(dls, arch)
-    c = lr_find_compare(learn, num_it=num_it, show_progress=False)
+    c = compare_finders(learn, num_it=num_it, show_progress=False)
     return dict(ours_s=c.ours_s, fastai_s=c.fastai_s, time_ratio=c.ours_s/c.fastai_s,
                 ours=c.ours.suggestions(), fastai=c.fastai.suggestions())
 
@@ -158,7 +158,7 @@ def bench_few_shot(files, # labelled photos: a few-shot folder's, or the profile
                    fp, # a few-shot `Profile` (`Profile.few_shot`): the backbone and the size
                   )->dict:
     "Seconds to fit the few-shot model on `files`, and its feature throughput against a plain forward pass of the same backbone."
-    block = pets_block(fp); block.get_items, block.splitter = None, lambda o: (list(range(len(o))), [])
+    block = pets_block(**fp.block_args); block.get_items, block.splitter = None, lambda o: (list(range(len(o))), [])
     learn = few_shot_learner(block.dataloaders(files, bs=8, device='cpu'), fp.arch)
     _forward_images_s(learn, files[:8 + len(files)%8])   # warm-up: the first pass sets up each layer's kernels, for both batch sizes
     before = _forward_images_s(learn, files)
@@ -230,12 +230,13 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     if threads: torch.set_num_threads(threads)
     p = get_profile(profile)
     set_seed(42, reproducible=True)
-    dls = pets_dls(p)
+    images = pets_path(**p.path_args)
+    dls = pets_dls(images, bs=p.bs, **p.block_args)
     t0, res = time.perf_counter(), dict(profile=p.name, device=p.device, arch=p.arch, size=p.size, bs=p.bs,
                                         threads=torch.get_num_threads())
     res['pipeline'] = bench_pipeline(dls, p.presize)
     if p.fold_crop:   # the same loader, with fastai's two resamplings per batch
-        two = _items_s(pets_dls(replace(p, fold_crop=False)).train, p.bs)
+        two = _items_s(pets_dls(images, bs=p.bs, **(p.block_args | dict(fold=False))).train, p.bs)
         res['pipeline'].update(two_resamplings_items_s=two, ratio_to_two=res['pipeline']['fastai_items_s']/two)
     res['workers'] = bench_workers(dls, sorted({0, 1, min(2, os.cpu_count() or 1), dls.train.num_workers}))
     res['cross_entropy'] = bench_cross_entropy()
@@ -245,7 +246,7 @@ def run_bench(profile:str|None=None, # run profile (default: `PETBREEDS_PROFILE`
     base = {o['arch']: o['images_s'] for o in tp if o['precision']=='float32' and not o['channels_last']
             and o.get('threads')==res['threads']}
     for o in tp: o['ratio_to_float32'] = o['images_s']/base[o['arch']]
-    res['few_shot'] = bench_few_shot(get_pet_files(data or pets_path(p), per_breed=None if data else 4, verbose=False), p.few_shot())
+    res['few_shot'] = bench_few_shot(get_pet_files(data or images, per_breed=None if data else 4, verbose=False), p.few_shot())
     res['seconds'] = round(time.perf_counter()-t0, 1)
     _print_table(_rows(res))
     print(f"{res['seconds']:.0f} s")

@@ -33,17 +33,19 @@ def download_pets(url:str|None=None, # default: `URLs.PETS`, or `PETBREEDS_PETS_
                         "or pass a folder with --data / PETBREEDS_DATA.") from None
 
 # %% ../nbs/01_data_layout.ipynb #ff48523a
-def pets_path(profile:Profile, # the run's profile: its data source and images per breed
+def pets_path(source:DataSource=PETS, # `PETS`, `SYNTHETIC` or `DataSource.folder(path)` (a profile's `data`)
+              per_breed:int|None=None, # synthetic pets: draw at least this many per breed (and 12 at least)
+              fallback:bool=True, # if Oxford-IIIT Pet cannot be downloaded, say so and use the synthetic pets
              )->Path:
-    "The folder of images `profile` trains on (downloaded, synthesised or given)."
-    if profile.data==SYNTHETIC: return make_synthetic_pets(per_breed=max(profile.per_breed or 12, 12))
-    if profile.data==PETS:
+    "The folder of images from `source`: downloaded, synthesised or given."
+    if source==SYNTHETIC: return make_synthetic_pets(per_breed=max(per_breed or 12, 12))
+    if source==PETS:
         try: return download_pets()/'images'
         except DataError as e:
-            if profile.forced: raise
+            if not fallback: raise
             print(f"offline: {printable(e)} — using synthetic pets")
             return make_synthetic_pets()
-    path = profile.data.path
+    path = source.path
     return path/'images' if (path/'images').is_dir() else path
 
 # %% ../nbs/01_data_layout.ipynb #7b84474b

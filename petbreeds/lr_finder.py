@@ -12,8 +12,8 @@ from fastai.basics import *
 from fastai.callback.schedule import minimum, steep, valley
 
 # %% auto #0
-__all__ = ['find_lr', 'exp_lrs', 'smooth_losses', 'lr_minimum', 'lr_steep', 'lr_valley', 'suggest_lrs', 'LRFind', 'LRFinderCB',
-           'fastai_lr_find', 'LRCompare', 'lr_find_compare']
+__all__ = ['lr_range_test', 'exp_lrs', 'smooth_losses', 'lr_minimum', 'lr_steep', 'lr_valley', 'suggest_lrs', 'FinderResult',
+           'LRFinderCB', 'fastai_finder_result', 'FinderComparison', 'compare_finders']
 
 # %% ../nbs/05_lr_finder.ipynb #06c4c76a
 def exp_lrs(start_lr:float, # the first learning rate
@@ -79,8 +79,8 @@ def suggest_lrs(lrs:list, # learning rates tried
 # %% ../nbs/05_lr_finder.ipynb #95fb57cb
 _SUGGEST_COLORS = dict(minimum='C1', steep='C2', valley='C3')
 
-class LRFind(collections.namedtuple('LRFind', 'lrs losses minimum steep valley')):
-    "What `find_lr` found: the rates tried, the smoothed losses, and the `minimum` (÷10), `steep` and `valley` rates."
+class FinderResult(collections.namedtuple('FinderResult', 'lrs losses minimum steep valley')):
+    "What `lr_range_test` found: the rates tried, the smoothed losses, and the `minimum` (÷10), `steep` and `valley` rates."
     __slots__ = ()
     def suggestions(self)->dict:
         "The three suggested rates, by name."
@@ -145,14 +145,14 @@ class LRFinderCB(Callback):
 
 # %% ../nbs/05_lr_finder.ipynb #b37cc871
 @patch
-def find_lr(self:Learner, start_lr:float=1e-7, # the first learning rate
+def lr_range_test(self:Learner, start_lr:float=1e-7, # the first learning rate
             end_lr:float=10, # the rate the schedule heads for
             num_it:int=100, # mini-batches (steps) at most; pass `profile.lr_find_iters`
             beta:float=0.98, # smoothing of the loss
             stop_div:bool=True, # stop when the smoothed loss exceeds 4× its minimum (or is not finite)
             show_progress:bool=True, # show a progress bar
             restore:bool=True, # put the weights and optimizer back afterwards (only turn off to inspect)
-           )->LRFind:
+           )->FinderResult:
     "Leslie Smith's learning-rate range test: one mini-batch per rate, growing exponentially; suggest rates."
     if not (start_lr > 0 and end_lr > start_lr):
         raise ValueError(f"Need 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}.")
@@ -171,51 +171,51 @@ def find_lr(self:Learner, start_lr:float=1e-7, # the first learning rate
                      wd=[o['wd'] for o in h] if 'wd' in h[0] else None, cbs=cb)
     finally:
         if restore and hasattr(cb, 'snap'): cb.restore(self)
-    return LRFind(cb.lrs, cb.losses, **suggest_lrs(cb.lrs, cb.losses, num_it))
+    return FinderResult(cb.lrs, cb.losses, **suggest_lrs(cb.lrs, cb.losses, num_it))
 
-find_lr = Learner.find_lr   # also a plain function: `find_lr(learn, num_it=30)`
+lr_range_test = Learner.lr_range_test   # also a plain function: `lr_range_test(learn, num_it=30)`
 
 # %% ../nbs/05_lr_finder.ipynb #d1d3fb83
-def fastai_lr_find(learn:Learner, start_lr=1e-7, end_lr=10, num_it:int=100, show_plot=False, **kwargs)->LRFind:
-    "fastai's `learn.lr_find` with the `minimum`, `steep` and `valley` suggestions, as an `LRFind`."
+def fastai_finder_result(learn:Learner, start_lr=1e-7, end_lr=10, num_it:int=100, show_plot=False, **kwargs)->FinderResult:
+    "fastai's `learn.lr_find` with the `minimum`, `steep` and `valley` suggestions, as an `FinderResult`."
     s = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=show_plot,
                       suggest_funcs=(minimum, steep, valley), **kwargs)
     rec = learn.recorder
-    return LRFind([float(o) for o in rec.lrs], [float(o) for o in rec.losses],
+    return FinderResult([float(o) for o in rec.lrs], [float(o) for o in rec.losses],
                   float(s.minimum), float(s.steep), float(s.valley))
 
 # %% ../nbs/05_lr_finder.ipynb #d6eff402
-class LRCompare(collections.namedtuple('LRCompare', 'ours fastai ours_s fastai_s')):
-    "`find_lr` and fastai's `lr_find` on the same learner: both `LRFind`s and their times in seconds."
+class FinderComparison(collections.namedtuple('FinderComparison', 'ours fastai ours_s fastai_s')):
+    "`lr_range_test` and fastai's `lr_find` on the same learner: both `FinderResult`s and their times in seconds."
     __slots__ = ()
     def table(self)->pd.DataFrame:
         "The suggestions side by side, and fastai's divided by ours."
-        df = pd.DataFrame({'find_lr': self.ours.suggestions(), 'fastai lr_find': self.fastai.suggestions()})
-        df['ratio'] = df['fastai lr_find']/df['find_lr']
+        df = pd.DataFrame({'lr_range_test': self.ours.suggestions(), 'fastai lr_find': self.fastai.suggestions()})
+        df['ratio'] = df['fastai lr_find']/df['lr_range_test']
         return df
 
     def plot(self, ax:plt.Axes|None=None, # where to draw; default: a new figure
              **kwargs):
         "Both curves on one log-scale plot, with their suggestions."
-        ax = self.ours.plot(ax, label='find_lr', marker='o', **kwargs)
+        ax = self.ours.plot(ax, label='lr_range_test', marker='o', **kwargs)
         self.fastai.plot(ax, label='fastai', marker='s', ls='--', **kwargs)
         return ax
 
 # %% ../nbs/05_lr_finder.ipynb #e5d674c5
-def lr_find_compare(learn:Learner, # the learner to test
+def compare_finders(learn:Learner, # the learner to test
                     num_it:int=100, # steps for both; pass `profile.lr_find_iters`
                     start_lr:float=1e-7, end_lr:float=10,
                     seed:int|None=42, # reset before each run, so both see the same batches (`None`: don't)
-                    show_progress:bool=True)->LRCompare:
-    "Run `find_lr`, then fastai's `lr_find`, on the same learner and seed; return both results and their times."
+                    show_progress:bool=True)->FinderComparison:
+    "Run `lr_range_test`, then fastai's `lr_find`, on the same learner and seed; return both results and their times."
     dl = learn.dls.train
     rng = dl.rng.getstate() if hasattr(dl, 'rng') else None
     if seed is not None: set_seed(seed, reproducible=True)
     t0 = time.perf_counter()
-    ours = learn.find_lr(start_lr, end_lr, num_it, show_progress=show_progress)
+    ours = learn.lr_range_test(start_lr, end_lr, num_it, show_progress=show_progress)
     t1 = time.perf_counter()
     if rng is not None: dl.rng.setstate(rng)
     if seed is not None: set_seed(seed, reproducible=True)
     t2 = time.perf_counter()
-    with (nullcontext() if show_progress else learn.no_bar()): theirs = fastai_lr_find(learn, start_lr, end_lr, num_it)
-    return LRCompare(ours, theirs, t1-t0, time.perf_counter()-t2)
+    with (nullcontext() if show_progress else learn.no_bar()): theirs = fastai_finder_result(learn, start_lr, end_lr, num_it)
+    return FinderComparison(ours, theirs, t1-t0, time.perf_counter()-t2)

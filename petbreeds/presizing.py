@@ -156,30 +156,33 @@ def fold_crop(tfms:list, # what `aug_transforms` returned
     return [ResizedCropAffine(aff[0], crop[0]), *[t for t in tfms if t is not aff[0] and t is not crop[0]]]
 
 # %% ../nbs/02_presizing.ipynb #55b7b2e8
-def pets_block(profile:Profile, # sizes and subset
-               presize:int|None=None, # item `Resize`; default `profile.presize`
-               size:int|None=None, # final size after augmentation; default `profile.size`
-               per_breed:int|None=None, # images kept per breed; default `profile.per_breed`
+def pets_block(presize:int=460, # item `Resize`, once per image on the CPU
+               size:int=224, # final size after augmentation, once per batch
+               min_scale:float=0.75, # `aug_transforms(min_scale=)`
+               per_breed:int|None=None, # images kept per breed (`None`: every one)
+               fold:bool=False, # resample once per batch: the random crop folded into the geometry (`fold_crop`)
                )->DataBlock:
     "The chapter's pets `DataBlock`: presize per item, augment and resize once per batch."
-    presize = ifnone(presize, profile.presize)
-    augs = aug_transforms(size=ifnone(size, profile.size), min_scale=profile.min_scale)
+    augs = aug_transforms(size=size, min_scale=min_scale)
     return DataBlock(blocks=(PetImageBlock(draft=presize), CategoryBlock),
-                     get_items=partial(get_pet_files, per_breed=ifnone(per_breed, profile.per_breed)),
+                     get_items=partial(get_pet_files, per_breed=per_breed),
                      splitter=RandomSplitter(valid_pct=0.2, seed=42),
                      get_y=using_attr(RegexLabeller(PETS_PAT), 'name'),
                      item_tfms=Resize(presize),
-                     batch_tfms=fold_crop(augs) if profile.fold_crop else augs)
+                     batch_tfms=fold_crop(augs) if fold else augs)
 
 # %% ../nbs/02_presizing.ipynb #f21ab7fc
-def pets_dls(profile:Profile, # sizes, subset, batch size and device
-             path=None, # folder of images; default: `pets_path(profile)`
-             bs:int|None=None, # default `profile.bs`
-             **kwargs)->DataLoaders:
-    "`DataLoaders` for the pets in `path`, sized by `profile`."
-    path = ifnone(path, pets_path(profile))
-    block = pets_block(profile, **{k: kwargs.pop(k) for k in ('presize','size','per_breed') if k in kwargs})
-    dls = block.dataloaders(path, bs=ifnone(bs, profile.bs), device=kwargs.pop('device', profile.device), **kwargs)
+def pets_dls(path, # folder of images (`pets_path`)
+             presize:int=460, # item `Resize`
+             size:int=224, # final size after augmentation
+             bs:int=64, # batch size
+             min_scale:float=0.75, # `aug_transforms(min_scale=)`
+             per_breed:int|None=None, # images kept per breed (`None`: every one)
+             fold:bool=False, # the random crop folded into the geometry (`fold_crop`)
+             **kwargs, # to `DataBlock.dataloaders` (`device`, `num_workers`, ...)
+            )->DataLoaders:
+    "`DataLoaders` of `pets_block` for the pets in `path`, checked to have training images of every breed."
+    dls = pets_block(presize, size, min_scale, per_breed, fold).dataloaders(path, bs=bs, **kwargs)
     # fastai learns the vocabulary from the training set, and would only fail at the first validation batch
     if (missing := sorted({breed_of(o) for o in dls.valid_ds.items} - set(dls.vocab))):
         raise DataError(f"No training images for {', '.join(missing[:4])}{' …' if len(missing)>4 else ''} "

@@ -70,6 +70,14 @@ class Profile:
     @property
     def is_offline(self): return self.name=='offline'
     def few_shot(self)->Profile: return replace(self, **FEW_SHOT)   # the recipe for a few photos per breed on a CPU
+    @property
+    def path_args(self)->dict:
+        "`pets_path`'s arguments for this profile's photos: the source, its size, and whether a failed download may fall back."
+        return dict(source=self.data, per_breed=self.per_breed, fallback=not self.forced)
+    @property
+    def block_args(self)->dict:
+        "`pets_block`'s arguments as this profile sets them."
+        return dict(presize=self.presize, size=self.size, min_scale=self.min_scale, per_breed=self.per_breed, fold=self.fold_crop)
     def ep(self, n:int)->int:
         "The book's `n` epochs as this profile trains them: `n` itself, or at most `max_epochs`."
         return n if self.max_epochs is None else min(n, self.max_epochs)

@@ -176,12 +176,11 @@ def _tiny_pets():
     "The chapter's `DataBlock`, a folder of 20 synthetic pets and their `DataLoaders` (made once per process)."
     from petbreeds.synthetic_draw import draw_pet
     from petbreeds.presizing import pets_block
-    from petbreeds.profiles import get_profile
     path = Path(tempfile.mkdtemp(prefix='petbreeds-quiz-pets-'))
     atexit.register(shutil.rmtree, path, True)
     for b in ('Birman', 'beagle', 'pug', 'Sphynx'):
         for i in range(1, 6): draw_pet(b, rng=i, size=(96, 80)).save(path/f'{b}_{i}.jpg')
-    pets = pets_block(get_profile('offline', verbose=False), presize=64, size=48, per_breed=None)
+    pets = pets_block(presize=64, size=48, fold=True)
     return pets, path, pets.dataloaders(path, bs=4, device='cpu')
 
 def _run_quietly(src):

@@ -115,10 +115,10 @@ from .safety import atomic_path, atomic_write
 # %% ../nbs/14_recipes.ipynb #c1982a4b
 def _train_data(p:Profile, split, seed, workers, rank, world):
     "The files, the resolved split, the `DataLoaders` and the batch size for a run."
-    path = on_rank0_first(pets_path, p)
+    path = on_rank0_first(partial(pets_path, **p.path_args))
     files = get_pet_files(path, per_breed=p.per_breed, seed=seed, verbose=rank==0)
     split = choose_split(split, files)
-    block = pets_block(p)
+    block = pets_block(**p.block_args)
     block.get_items, block.splitter = None, make_splitter(split, seed)
     set_seed(seed, reproducible=True)
     n_train = len(check_split(files, block.splitter)[0])   # two breeds or more, each in training, a validation set

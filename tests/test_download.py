@@ -46,7 +46,7 @@ SCRIPT = '''
 from petbreeds.profiles import get_profile
 from petbreeds.data import pets_path, get_pet_files
 p = get_profile(timeout=2)
-files = get_pet_files(pets_path(p), per_breed=p.per_breed)
+files = get_pet_files(pets_path(**p.path_args), per_breed=p.per_breed)
 print('profile', p.name, 'files', len(files), 'breeds', len(set(f.name.rsplit('_',1)[0] for f in files)))
 '''
 

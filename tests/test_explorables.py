@@ -28,7 +28,7 @@ NB = 'nbs/03_cross_entropy.ipynb'
 # the cells each widget needs, found by a line of their source, in the order a learner runs them
 IMPORTS = ['from petbreeds.explore import']
 SOFTMAX = ["softmax_explorer(target='grizzly')"]
-LEARNER = ['profile = get_profile()', 'images = pets_path(profile)', 'learn.fine_tune(epochs)']
+LEARNER = ['profile = get_profile()', 'images = pets_path(**profile.path_args)', 'learn.fine_tune(epochs)']
 UPLOAD = ['pet_upload(learn, profile)']
 
 
