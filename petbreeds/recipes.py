@@ -124,6 +124,9 @@ def _train_data(p:Profile, split, seed, workers, rank, world):
     n_train = len(check_split(files, block.splitter)[0])   # two breeds or more, each in training, a validation set
     if n_train < 2: raise DataError(f"only {n_train} training image(s) in {path}: need at least 2")
     bs = min(p.bs, n_train)
+    # under torchrun on a CPU the processes already share the cores, and loader workers forked beside gloo's threads
+    # stalled a two-process run at its first batch (CI, under load): each process then loads its own batches
+    if workers is None and world>1 and p.device=='cpu': workers = 0
     kw = {} if workers is None else dict(num_workers=workers)
     # under torchrun each process takes `bs/world` images a step: the steps and the averaged gradient are one process's
     dls = block.dataloaders(files, bs=max(1, bs//world), device=p.device, **kw)

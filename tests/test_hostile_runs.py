@@ -1,7 +1,7 @@
 """A run folder is one run (issue 22, items 2 and 10): `petbreeds train --out DIR` writes its files beside DIR and renames
 them into place when complete, replaces a previous run whole and nothing else, refuses empty names, and Ctrl-C (exit 130)
 leaves the old run as it was and nothing that looks finished."""
-import json, os, signal, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest
 from PIL import Image
@@ -123,7 +123,7 @@ def _interrupt(p)->str:
     lines = []
     for line in p.stdout:
         lines.append(line)
-        if ' images in ' in line: break                                      # data loaded, training starts
+        if re.match(r'\d+ images in ', line): break                          # data loaded, training starts
     time.sleep(1.5)
     p.send_signal(signal.SIGINT)
     try: rest, _ = p.communicate(timeout=30)
