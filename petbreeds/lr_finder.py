@@ -177,7 +177,7 @@ lr_range_test = Learner.lr_range_test   # also a plain function: `lr_range_test(
 
 # %% ../nbs/05_lr_finder.ipynb #d1d3fb83
 def fastai_finder_result(learn:Learner, start_lr=1e-7, end_lr=10, num_it:int=100, show_plot=False, **kwargs)->FinderResult:
-    "fastai's `learn.lr_find` with the `minimum`, `steep` and `valley` suggestions, as an `FinderResult`."
+    "fastai's `learn.lr_find` with the `minimum`, `steep` and `valley` suggestions, as a `FinderResult`."
     s = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=show_plot,
                       suggest_funcs=(minimum, steep, valley), **kwargs)
     rec = learn.recorder
